@@ -1,0 +1,177 @@
+"""``one-tweaks``: the operator's command line.
+
+    one-tweaks apply DOMAIN_XML --vm VM_XML [--rules DIR]... [-o OUT] [--explain] [--json]
+    one-tweaks check [--rules DIR]...
+    one-tweaks schema
+    one-tweaks list
+
+Every failure is one line on stderr and a non-zero exit; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from .errors import TweakError
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"one-tweaks: {message} (see one-tweaks --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="one-tweaks", description="Rule-driven tweaks of OpenNebula's libvirt domain XML.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rules_help = "extra rules directory, applied after the shipped ones and /etc/one/tweaks.d (repeatable)"
+
+    a = sub.add_parser("apply", help="tweak a domain XML and print the result")
+    a.add_argument("domain", metavar="DOMAIN_XML", help="libvirt domain XML written by oned ('-' for stdin)")
+    a.add_argument("--vm", required=True, metavar="VM_XML", help="the VM document (onevm show -x)")
+    a.add_argument("--rules", action="append", default=[], metavar="DIR", help=rules_help)
+    a.add_argument("-o", "--output", metavar="OUT", help="write the result to OUT (atomically) instead of stdout")
+    a.add_argument("--explain", action="store_true", help="print what each rule did on stderr")
+    a.add_argument("--json", action="store_true", help="print the report on stderr as JSON")
+
+    c = sub.add_parser("check", help="validate rule files")
+    c.add_argument("--rules", action="append", default=[], metavar="DIR", help=rules_help)
+
+    sub.add_parser("schema", help="print the JSON Schema of rule files")
+    sub.add_parser("list", help="list the tweaks and their parameters")
+    return p
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise TweakError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write via a temporary file in the same directory and rename: never half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    except OSError as exc:
+        raise TweakError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise TweakError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(f"one-tweaks: {line}\n")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from . import engine, loader
+    from .validate import DomainSchema
+
+    schema = DomainSchema()  # starts compiling libvirt's schema in the background
+    domain_data = _read(args.domain, "domain XML")
+    vm_data = _read(args.vm, "VM XML")
+    domain_name = "stdin" if args.domain == "-" else args.domain
+    try:
+        domain = engine.parse_xml(domain_data, domain_name)
+        vm = engine.parse_xml(vm_data, args.vm)
+    except TweakError:
+        raise
+    ruleset = loader.load(args.rules)
+    outcome = engine.apply_rules(domain, vm, ruleset.rules, schema=schema, warn=_stderr)
+    declaration = domain_data.lstrip().startswith(b"<?xml")
+    data = engine.serialize(outcome.tree, declaration)
+    if args.output:
+        write_atomic(args.output, data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    if args.json:
+        sys.stderr.write(outcome.report.to_json() + "\n")
+    elif args.explain:
+        text = outcome.report.to_text()
+        if ruleset.cache_note and ruleset.cache_note != "rules from cache":
+            text += f"\nnote: {ruleset.cache_note}"
+        sys.stderr.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import loader
+    from .checker import check_files
+
+    files = loader.collect(loader.rule_dirs(args.rules))
+    contents = loader._read_all(files)
+    result = check_files(contents)
+    for problem in result.problems:
+        print(problem)
+    if result.problems:
+        return EXIT_PROBLEMS
+    active = sum(1 for r in result.rules if r.enabled)
+    print(f"{len(files)} rule files, {active} rules enabled: OK")
+    return EXIT_OK
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    from .schema import dumps
+
+    sys.stdout.write(dumps())
+    return EXIT_OK
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    from . import registry
+
+    for tweak in registry.all_tweaks():
+        print(f"{tweak.name}: {tweak.summary}")
+        if tweak.attributes:
+            print(f"    VM attributes: {', '.join(tweak.attributes)}")
+        for p in tweak.params:
+            default = "" if p.default is None else f" (default {p.default})"
+            print(f"    {p.name}: {p.type_doc()}{default} - {p.doc}")
+    return EXIT_OK
+
+
+COMMANDS = {"apply": cmd_apply, "check": cmd_check, "schema": cmd_schema, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TweakError as exc:
+        _stderr(str(exc))
+        return EXIT_PROBLEMS if args.command == "check" else EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        return 130
+    except Exception as exc:  # last resort: one line, never a traceback
+        _stderr(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL

@@ -1,0 +1,179 @@
+"""Applies rules to a domain document, one transaction per rule.
+
+A rule that raises, or that adds a libvirt schema error the document did not already
+have, is rolled back and reported; the next rule runs. So the result is never worse
+than the input: valid input stays valid, and oned's own invalid output is not blamed
+on the rules.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lxml import etree
+
+from . import registry
+from .errors import InputError, ParamError, TweakError
+from .facts import Facts, from_documents
+from .normalize import normalize
+from .report import APPLIED, DISABLED, NOT_MATCHED, ROLLED_BACK, SKIPPED, UNCHANGED, Report, RuleResult
+from .rules import Rule, resolve
+from .tweak import Context
+from .validate import DomainSchema
+from .xmledit import Editor
+
+_PARSER_OPTIONS = dict(
+    strip_cdata=False, resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+    remove_comments=False, remove_pis=False,
+)
+
+
+def parse_xml(data: bytes, what: str) -> etree._ElementTree:
+    """Parse ``data`` safely (no entities, no network); InputError names ``what``."""
+    parser = etree.XMLParser(**_PARSER_OPTIONS)  # type: ignore[arg-type]
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise InputError(f"{what}: malformed XML: {exc}") from None
+    if root is None:
+        raise InputError(f"{what}: empty XML document")
+    return etree.ElementTree(root)
+
+
+def serialize(tree: etree._ElementTree, declaration: bool = False) -> bytes:
+    data: bytes = etree.tostring(tree, encoding="UTF-8", xml_declaration=declaration)
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+@dataclass
+class Outcome:
+    tree: etree._ElementTree
+    report: Report
+    facts: Facts
+
+
+def apply_rules(
+    domain: etree._ElementTree,
+    vm: etree._ElementTree | None,
+    rules: Sequence[Rule],
+    *,
+    schema: DomainSchema | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Outcome:
+    if domain.getroot().tag != "domain":
+        raise InputError(f"domain XML: root element is <{domain.getroot().tag}>, not <domain>")
+    if vm is not None and vm.getroot().tag != "VM":
+        raise InputError(f"VM XML: root element is <{vm.getroot().tag}>, not <VM>")
+    schema = schema if schema is not None else DomainSchema()
+    editor = Editor(domain)
+    normalize(editor)
+    facts = from_documents(vm.getroot() if vm is not None else None, domain.getroot())
+    report = Report(vm=facts.vm_id, normalized=list(editor.changes))
+    warnings = report.warnings
+
+    def warning(text: str) -> None:
+        message = f"VM {facts.vm_id}: {text}"
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    baseline: frozenset[str] | None = None
+    checked = False
+    for rule in rules:
+        result = RuleResult(rule.name, rule.file, UNCHANGED)
+        report.results.append(result)
+        if rule.errors:
+            result.status, result.reason = SKIPPED, "invalid rule file: " + "; ".join(rule.errors)
+            warning(f"rule {rule.name}: skipped: {result.reason}")
+            continue
+        if not rule.enabled:
+            result.status = DISABLED
+            continue
+        try:
+            condition = rule.condition()
+            failed = condition.evaluate(facts) if condition is not None else None
+        except TweakError as exc:
+            result.status, result.reason = SKIPPED, str(exc)
+            warning(f"rule {rule.name}: skipped: {exc}")
+            continue
+        if failed is not None:
+            result.status, result.reason = NOT_MATCHED, failed
+            continue
+        try:
+            plans = _plan(rule, facts, editor)
+        except ParamError as exc:
+            result.status, result.reason = SKIPPED, exc.describe()
+            warning(f"rule {rule.name}: {exc.describe()}; rule skipped")
+            continue
+        except TweakError as exc:
+            result.status, result.reason = SKIPPED, str(exc)
+            warning(f"rule {rule.name}: skipped: {exc}")
+            continue
+        if not any(ctx is not None for _, ctx in plans):
+            result.status = NOT_MATCHED
+            result.reason = "no value for " + "; ".join(reason for reason, _ in plans)
+            continue
+
+        snapshot = copy.deepcopy(domain.getroot())
+        editor.changes = []
+        notes: list[str] = []
+        try:
+            for _, ctx in plans:
+                if ctx is not None:
+                    registry.get(ctx.tweak).apply(ctx)
+                    notes.extend(ctx.notes)
+        except ParamError as exc:
+            domain._setroot(snapshot)
+            result.status, result.reason = SKIPPED, exc.describe()
+            warning(f"rule {rule.name}: {exc.describe()}; rule skipped")
+            continue
+        except Exception as exc:  # a tweak bug must not cost the deploy
+            domain._setroot(snapshot)
+            result.status, result.reason = ROLLED_BACK, f"{type(exc).__name__}: {exc}"
+            warning(f"rule {rule.name}: rolled back: {result.reason}")
+            continue
+        result.reason = "; ".join(notes)
+        if not editor.changes:
+            continue
+        if not checked:
+            baseline = schema.errors(_as_tree(snapshot))
+            checked = True
+        if baseline is not None:
+            now = schema.errors(domain)
+            new = sorted((now or frozenset()) - baseline)
+            if new:
+                domain._setroot(snapshot)
+                result.status = ROLLED_BACK
+                result.reason = "made the domain XML schema-invalid: " + "; ".join(new[:3])
+                warning(f"rule {rule.name}: rolled back: {result.reason}")
+                continue
+            baseline = now
+        result.status = APPLIED
+        result.changes = editor.changes
+    if checked:
+        report.validation = "skipped: " + (schema.problem or "") if baseline is None else "ok"
+        if baseline is None and schema.problem:
+            warning(schema.problem)
+    return Outcome(domain, report, facts)
+
+
+def _as_tree(root: etree._Element) -> etree._ElementTree:
+    return etree.ElementTree(root)
+
+
+def _plan(rule: Rule, facts: Facts, editor: Editor) -> list[tuple[str, Context | None]]:
+    """Resolve each call's parameters before anything changes (a bad value skips the
+    whole rule). A call whose required parameters have no value is idle (None)."""
+    plans: list[tuple[str, Context | None]] = []
+    for call in rule.calls:
+        tweak = registry.get(call.tweak)
+        resolved = resolve(tweak, call.params, facts)
+        if resolved.missing:
+            plans.append((f"{call.tweak}: {', '.join(resolved.missing)}", None))
+            continue
+        ctx = Context(tweak=call.tweak, editor=editor, facts=facts, params=resolved.values,
+                      origins=resolved.origins, sources=resolved.sources)
+        plans.append((call.tweak, ctx))
+    return plans

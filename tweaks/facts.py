@@ -1,0 +1,202 @@
+"""Facts about a VM that rule conditions and parameter sources refer to by name.
+
+Names (see README "Facts"):
+  vm.id vm.name vm.uid vm.gid vm.uname vm.gname vm.state vm.lcm_state
+  vm.vcpu (VCPU, else CPU rounded up) vm.cpu vm.memory (MiB)
+  template.PATH   any TEMPLATE attribute, nested ones as A/B (e.g. template.OS/MACHINE)
+  user.PATH       any USER_TEMPLATE attribute (untrusted: set by cloud users)
+  history.host history.hid history.ds_id history.tm_mad history.vm_mad history.seq
+  domain.type domain.machine domain.arch domain.iothreads domain.vcpu
+  disk.X  one value per disk (id target tm_mad datastore_id kind persistent disk_type
+          type image_id clone source size); kind is image|volatile|context|cdrom
+  nic.X   one value per NIC (id target model network bridge mac) ; domain.controllers
+Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+SCALAR_PREFIXES = ("vm.", "template.", "user.", "history.", "domain.")
+LIST_PREFIXES = ("disk.", "nic.")
+_LIST_FACTS = frozenset({"domain.controllers"})
+
+
+def is_list_fact(name: str) -> bool:
+    return name.startswith(LIST_PREFIXES) or name in _LIST_FACTS
+
+
+def describe(name: str) -> str:
+    """How a fact is named in OpenNebula terms, for warnings (user.T_X -> USER_TEMPLATE/T_X)."""
+    prefix, _, rest = name.partition(".")
+    if prefix == "user":
+        return f"USER_TEMPLATE/{rest}"
+    if prefix == "template":
+        return f"TEMPLATE/{rest}"
+    return name
+
+
+@dataclass
+class Facts:
+    scalars: dict[str, str] = field(default_factory=dict)
+    disks: list[dict[str, str]] = field(default_factory=list)
+    nics: list[dict[str, str]] = field(default_factory=list)
+    controllers: list[str] = field(default_factory=list)
+
+    @property
+    def vm_id(self) -> str:
+        return self.scalars.get("vm.id", "?")
+
+    @property
+    def vcpu(self) -> int:
+        return int(self.scalars.get("vm.vcpu", "1"))
+
+    def get(self, name: str) -> str | None:
+        return self.scalars.get(name)
+
+    def values(self, name: str) -> list[str]:
+        """All values of a fact: one for scalars (if present), one per disk/NIC for lists."""
+        if name.startswith("disk."):
+            key = name[5:]
+            return [d[key] for d in self.disks if key in d]
+        if name.startswith("nic."):
+            key = name[4:]
+            return [n[key] for n in self.nics if key in n]
+        if name == "domain.controllers":
+            return list(self.controllers)
+        value = self.scalars.get(name)
+        return [] if value is None else [value]
+
+    def disk(self, disk_id: str) -> dict[str, str] | None:
+        for disk in self.disks:
+            if disk.get("id") == disk_id:
+                return disk
+        return None
+
+
+def _text(el: etree._Element | None) -> str | None:
+    if el is None or el.text is None:
+        return None
+    return el.text.strip()
+
+
+def _flatten(el: etree._Element, prefix: str, out: dict[str, str], skip: frozenset[str]) -> None:
+    """Add every leaf under ``el`` as ``prefix + A/B``; repeated elements are left out."""
+    counts: dict[str, int] = {}
+    for child in el:
+        if isinstance(child.tag, str):
+            counts[child.tag] = counts.get(child.tag, 0) + 1
+    for child in el:
+        tag = child.tag
+        if not isinstance(tag, str) or counts[tag] > 1 or tag in skip:
+            continue
+        if len(child):
+            _flatten(child, f"{prefix}{tag}/", out, frozenset())
+        else:
+            out[prefix + tag] = (child.text or "").strip()
+
+
+def _leaf_map(el: etree._Element) -> dict[str, str]:
+    return {c.tag: (c.text or "").strip() for c in el if isinstance(c.tag, str) and not len(c)}
+
+
+def _disk_facts(disk: etree._Element) -> dict[str, str]:
+    attrs = _leaf_map(disk)
+    facts = {key.lower(): value for key, value in attrs.items()}
+    facts["id"] = attrs.get("DISK_ID", "")
+    disk_type = attrs.get("TYPE", "").upper()
+    if disk_type in ("FS", "SWAP"):
+        kind = "volatile"
+    elif disk_type == "CDROM":
+        kind = "cdrom"
+    else:
+        kind = "image"
+    facts["kind"] = kind
+    facts["persistent"] = "yes" if attrs.get("PERSISTENT", "").upper() == "YES" else "no"
+    return facts
+
+
+def from_documents(vm: etree._Element | None, domain: etree._Element | None) -> Facts:
+    facts = Facts()
+    s = facts.scalars
+    if vm is not None:
+        for key, tag in (("id", "ID"), ("name", "NAME"), ("uid", "UID"), ("gid", "GID"),
+                         ("uname", "UNAME"), ("gname", "GNAME"), ("state", "STATE"),
+                         ("lcm_state", "LCM_STATE")):
+            value = _text(vm.find(tag))
+            if value is not None:
+                s[f"vm.{key}"] = value
+        template = vm.find("TEMPLATE")
+        if template is not None:
+            _flatten(template, "template.", s, frozenset({"DISK", "NIC", "NIC_ALIAS"}))
+            for disk in template.iterfind("DISK"):
+                facts.disks.append(_disk_facts(disk))
+            context = template.find("CONTEXT")
+            if context is not None and _text(context.find("DISK_ID")):
+                facts.disks.append({"id": _text(context.find("DISK_ID")) or "", "kind": "context",
+                                    "target": _text(context.find("TARGET")) or ""})
+            for nic in template.iterfind("NIC"):
+                attrs = _leaf_map(nic)
+                nic_facts = {key.lower(): value for key, value in attrs.items()}
+                nic_facts["id"] = attrs.get("NIC_ID", "")
+                facts.nics.append(nic_facts)
+        user = vm.find("USER_TEMPLATE")
+        if user is not None:
+            _flatten(user, "user.", s, frozenset())
+        history = vm.findall("HISTORY_RECORDS/HISTORY")
+        if history:
+            last = history[-1]
+            for key, tag in (("host", "HOSTNAME"), ("hid", "HID"), ("ds_id", "DS_ID"),
+                             ("tm_mad", "TM_MAD"), ("vm_mad", "VM_MAD"), ("seq", "SEQ")):
+                value = _text(last.find(tag))
+                if value is not None:
+                    s[f"history.{key}"] = value
+        s["vm.vcpu"] = str(_vcpu(s))
+        if "template.CPU" in s:
+            s["vm.cpu"] = s["template.CPU"]
+        if "template.MEMORY" in s:
+            s["vm.memory"] = s["template.MEMORY"]
+        for disk in facts.disks:
+            if disk["kind"] == "context":
+                # The context CD-ROM lives on the system datastore: its driver is the history's.
+                disk.setdefault("tm_mad", s.get("history.tm_mad", ""))
+                disk.setdefault("datastore_id", s.get("history.ds_id", ""))
+    if domain is not None:
+        _domain_facts(domain, facts)
+    return facts
+
+
+def _vcpu(s: dict[str, str]) -> int:
+    for key in ("template.VCPU", "template.CPU"):
+        raw = s.get(key)
+        if raw:
+            try:
+                value = math.ceil(float(raw))
+            except ValueError:
+                continue
+            if 1 <= value <= 4096:
+                return value
+    return 1
+
+
+def _domain_facts(domain: etree._Element, facts: Facts) -> None:
+    s = facts.scalars
+    s["domain.type"] = domain.get("type", "")
+    os_type = domain.find("os/type")
+    if os_type is not None:
+        s["domain.machine"] = os_type.get("machine", "")
+        s["domain.arch"] = os_type.get("arch", "")
+    iothreads = _text(domain.find("iothreads"))
+    if iothreads is not None:
+        s["domain.iothreads"] = iothreads
+    vcpu = _text(domain.find("vcpu"))
+    if vcpu is not None:
+        s["domain.vcpu"] = vcpu
+    for ctl in domain.iterfind("devices/controller"):
+        model = ctl.get("model")
+        facts.controllers.append(f"{ctl.get('type', '')}:{model}" if model else ctl.get("type", ""))

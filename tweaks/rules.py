@@ -1,0 +1,140 @@
+"""Rules as the engine uses them, and how their parameters get values.
+
+A rule file holds one rule:
+
+    name: iothreads
+    description: Bind virtio disks and controllers to iothreads
+    enabled: true               # optional; false (or an empty file) disables it
+    when: {present: user.T_X}   # optional; see tweaks.conditions
+    tweaks:
+      - iothreads:
+          count: {from: user.T_IOTHREADS_OVERRIDE, default: 1}
+          policy: round-robin
+
+A parameter is a literal (the operator's value) or ``{from: FACT | [FACT...],
+default: LITERAL}``: the first fact that is set wins, else the default. Facts from
+``user.``/``template.`` are the VM owner's values: parsed with the parameter's type,
+and a bad one skips the rule with a warning instead of reaching the XML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conditions import Condition, compile_condition
+from .errors import ParamError
+from .facts import Facts, describe
+from .tweak import ORIGIN_RULE, ORIGIN_TWEAK, ORIGIN_VM, Tweak
+
+
+@dataclass
+class Call:
+    tweak: str
+    params: dict[str, Any]
+    line: int = 0
+
+
+@dataclass
+class Rule:
+    name: str
+    file: str
+    line: int = 1
+    description: str = ""
+    enabled: bool = True
+    when: dict[str, Any] | None = None
+    calls: list[Call] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _condition: Condition | None = field(default=None, repr=False, compare=False)
+
+    def condition(self) -> Condition | None:
+        if self.when is not None and self._condition is None:
+            self._condition = compile_condition(self.when)
+        return self._condition
+
+    # Cache form: plain data only, so it round-trips through marshal.
+    def to_raw(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "file": self.file, "line": self.line,
+            "description": self.description, "enabled": self.enabled, "when": self.when,
+            "calls": [[c.tweak, c.params, c.line] for c in self.calls], "errors": self.errors,
+        }
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> Rule:
+        return cls(
+            name=raw["name"], file=raw["file"], line=raw["line"],
+            description=raw["description"], enabled=raw["enabled"], when=raw["when"],
+            calls=[Call(t, p, ln) for t, p, ln in raw["calls"]], errors=list(raw["errors"]),
+        )
+
+
+@dataclass
+class Resolved:
+    values: dict[str, Any]
+    origins: dict[str, str]
+    sources: dict[str, str]
+    missing: list[str]
+
+
+def source_facts(spec: Any) -> list[str]:
+    facts = spec["from"]
+    return [facts] if isinstance(facts, str) else list(facts)
+
+
+def resolve(tweak: Tweak, raw_params: dict[str, Any], facts: Facts | None) -> Resolved:
+    """Give every declared parameter its value; raises ParamError for a bad value.
+
+    With ``facts=None`` (check time) only the operator's literals and defaults are
+    parsed, which is how rule files are checked without a VM.
+    """
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    missing: list[str] = []
+    for param in tweak.params:
+        spec = raw_params.get(param.name)
+        if isinstance(spec, dict):
+            chosen = None
+            for fact in source_facts(spec):
+                value = None if facts is None else facts.get(fact)
+                if value is not None:
+                    chosen = fact
+                    break
+            if chosen is not None and value is not None:
+                source = describe(chosen)
+                try:
+                    values[param.name] = param.parse(value)
+                except ParamError as exc:
+                    raise ParamError(str(exc), source, value) from None
+                user_value = chosen.startswith(("user.", "template."))
+                origins[param.name] = ORIGIN_VM if user_value else ORIGIN_RULE
+                sources[param.name] = source
+                if facts is not None:
+                    continue
+            if "default" in spec:
+                values[param.name] = _parse_literal(param.name, param, spec["default"])
+                origins[param.name] = ORIGIN_RULE
+                sources[param.name] = f"rule parameter {param.name}"
+            elif param.default is not None:
+                values[param.name] = param.default
+                origins[param.name] = ORIGIN_TWEAK
+            else:
+                missing.append(f"{param.name} ({' / '.join(describe(f) for f in source_facts(spec))} not set)")
+        elif spec is not None:
+            values[param.name] = _parse_literal(param.name, param, spec)
+            origins[param.name] = ORIGIN_RULE
+            sources[param.name] = f"rule parameter {param.name}"
+        elif param.default is not None:
+            values[param.name] = param.default
+            origins[param.name] = ORIGIN_TWEAK
+        else:
+            missing.append(f"{param.name} (no value)")
+    return Resolved(values, origins, sources, missing)
+
+
+def _parse_literal(name: str, param: Any, raw: Any) -> Any:
+    try:
+        return param.parse(raw)
+    except ParamError as exc:
+        raise ParamError(str(exc), f"rule parameter {name}", raw) from None
