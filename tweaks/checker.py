@@ -19,7 +19,7 @@ from .errors import ParamError, TweakError
 from .loader import Problem, RuleSet
 from .rules import Call, Rule, resolve
 
-_Path = tuple[str | int, ...]
+_Path = tuple[object, ...]
 _validator: Any = None
 
 try:

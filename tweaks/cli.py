@@ -11,6 +11,7 @@ Every failure is one line on stderr and a non-zero exit; no tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -78,10 +79,8 @@ def write_atomic(path: str, data: bytes) -> None:
             os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise TweakError(f"{path}: cannot write: {exc.strerror}") from None
 
 

@@ -161,11 +161,11 @@ def from_documents(vm: etree._Element | None, domain: etree._Element | None) -> 
             s["vm.cpu"] = s["template.CPU"]
         if "template.MEMORY" in s:
             s["vm.memory"] = s["template.MEMORY"]
-        for disk in facts.disks:
-            if disk["kind"] == "context":
+        for entry in facts.disks:
+            if entry["kind"] == "context":
                 # The context CD-ROM lives on the system datastore: its driver is the history's.
-                disk.setdefault("tm_mad", s.get("history.tm_mad", ""))
-                disk.setdefault("datastore_id", s.get("history.ds_id", ""))
+                entry.setdefault("tm_mad", s.get("history.tm_mad", ""))
+                entry.setdefault("datastore_id", s.get("history.ds_id", ""))
     if domain is not None:
         _domain_facts(domain, facts)
     return facts

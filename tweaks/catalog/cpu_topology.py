@@ -56,7 +56,7 @@ class CpuTopology(Tweak):
             editor.remove(extra)
         share = memory // sockets
         for i in range(sockets):
-            attrs = {
+            attrs: dict[str, str | int] = {
                 "id": i,
                 "cpus": f"{i * per_socket}-{(i + 1) * per_socket - 1}" if per_socket > 1 else str(i),
                 # the last cell takes the remainder so the cells add up to <memory>

@@ -66,9 +66,8 @@ class IOThreads(Tweak):
         for index, device in enumerate(devices):
             current = device.find("driver")
             bound = current is not None and current.get("iothread") is not None
-            if bound and not rebind:
-                if _valid_binding(current.get("iothread"), count):  # type: ignore[union-attr]
-                    continue
+            if bound and not rebind and _valid_binding(current.get("iothread"), count):  # type: ignore[union-attr]
+                continue
             wanted = 1 if single else index % count + 1
             editor.set_attr(driver(editor, device, qemu=device.tag == "disk"), "iothread", wanted)
 

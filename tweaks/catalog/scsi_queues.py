@@ -17,10 +17,11 @@ MAX_QUEUES = 1024
 def queue_count(ctx: Context, name: str = "queues") -> int:
     """Resolve a queue-count parameter (number or ``vcpu``) against this VM's bounds."""
     vcpus = vcpu_count(ctx.root) or ctx.facts.vcpu
-    cap = min(vcpus, MAX_QUEUES, ctx.params.get("max", MAX_QUEUES))
-    value = ctx.params[name]
+    cap: int = min(vcpus, MAX_QUEUES, ctx.params.get("max", MAX_QUEUES))
+    value: int | str = ctx.params[name]
     if value == "vcpu":
         return cap
+    assert isinstance(value, int)
     if value > vcpus and ctx.explicit(name):
         raise ctx.reject(name, f"more queues than the VM's {vcpus} vCPUs")
     return min(int(value), cap)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lxml import etree
+
 from ..params import Choice, Format, Int, Param, Text, split_key_values
 from ..tweak import Context, Tweak
 
@@ -60,7 +62,7 @@ class Video(Tweak):
         wanted = {k: str(values[k]) for k in MODEL_ORDER if k in values}
         accel = {k: str(values[k]) for k in ACCEL if k in values}
         model = video.find("model")
-        if model is not None and dict(model.attrib) == wanted and _accel(model) == accel and len(model) == bool(accel):
+        if model is not None and _same(model, wanted, accel):
             return
         if model is None:
             model = editor.add(video, "model", wanted, index=0)
@@ -70,9 +72,15 @@ class Video(Tweak):
             editor.add(model, "acceleration", accel)
 
 
-def _accel(model: Any) -> dict[str, str]:
-    el = model.find("acceleration")
-    return {} if el is None else dict(el.attrib)
+def _same(model: etree._Element, wanted: dict[str, str], accel: dict[str, str]) -> bool:
+    attrs = {str(k): str(v) for k, v in model.attrib.items()}
+    children = [c for c in model if isinstance(c.tag, str)]
+    if attrs != wanted or len(children) != (1 if accel else 0):
+        return False
+    if not accel:
+        return True
+    found = {str(k): str(v) for k, v in children[0].attrib.items()}
+    return children[0].tag == "acceleration" and found == accel
 
 
 TWEAK = Video()
