@@ -20,7 +20,7 @@ from .loader import Problem, RuleSet
 from .rules import Call, Rule, resolve
 
 _Path = tuple[object, ...]
-_validator: Any = None
+_validators: dict[tuple[str, ...], Any] = {}
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -69,10 +69,10 @@ def _line(lines: dict[_Path, int], path: _Path) -> int:
 
 
 def _schema_validator() -> Any:
-    global _validator
-    if _validator is None:
-        _validator = jsonschema.Draft202012Validator(schema.build())
-    return _validator
+    key = tuple(registry.names())
+    if key not in _validators:
+        _validators[key] = jsonschema.Draft202012Validator(schema.build())
+    return _validators[key]
 
 
 def _short(message: str, limit: int = 200) -> str:

@@ -16,7 +16,22 @@ _CATALOG = os.path.join(os.path.dirname(__file__), "catalog")
 _loaded: dict[str, Tweak] = {}
 
 
+def register(name: str, tweak: Tweak) -> None:
+    """Make a tweak that does not live in the catalogue available under ``name``
+    (site-specific extensions, tests)."""
+    tweak.__class__.name = name
+    _loaded[name] = tweak
+
+
+def unregister(name: str) -> None:
+    _loaded.pop(name, None)
+
+
 def names() -> list[str]:
+    return sorted(set(_catalog_names()) | set(_loaded))
+
+
+def _catalog_names() -> list[str]:
     found = []
     for entry in os.listdir(_CATALOG):
         stem, ext = os.path.splitext(entry)
@@ -29,7 +44,7 @@ def get(name: str) -> Tweak:
     tweak = _loaded.get(name)
     if tweak is not None:
         return tweak
-    if not name.isidentifier() or name.startswith("_") or name not in names():
+    if not name.isidentifier() or name.startswith("_") or name not in _catalog_names():
         raise TweakError(f"unknown tweak {name!r}")
     module = importlib.import_module(f"tweaks.catalog.{name}")
     tweak = module.TWEAK

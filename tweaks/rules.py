@@ -94,6 +94,9 @@ def resolve(tweak: Tweak, raw_params: dict[str, Any], facts: Facts | None) -> Re
     missing: list[str] = []
     for param in tweak.params:
         spec = raw_params.get(param.name)
+        if isinstance(spec, dict) and tweak.operator_only:
+            raise ParamError("takes literal values only: it is an operator-only tweak",
+                             f"rule parameter {param.name}", spec)
         if isinstance(spec, dict):
             chosen = None
             for fact in source_facts(spec):

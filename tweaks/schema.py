@@ -74,7 +74,10 @@ def _param_value(literal: dict[str, Any], doc: str) -> dict[str, Any]:
 def build() -> dict[str, Any]:
     tweak_props: dict[str, Any] = {}
     for tweak in registry.all_tweaks():
-        props = {p.name: _param_value(p.json_schema(), p.doc) for p in tweak.params}
+        if tweak.operator_only:
+            props = {p.name: {"description": p.doc, **p.json_schema()} for p in tweak.params}
+        else:
+            props = {p.name: _param_value(p.json_schema(), p.doc) for p in tweak.params}
         tweak_props[tweak.name] = {
             "description": tweak.summary,
             "type": ["object", "null"],

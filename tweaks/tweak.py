@@ -62,6 +62,9 @@ class Tweak:
     params: ClassVar[tuple[Param, ...]] = ()
     # Attribute names (USER_TEMPLATE) this tweak is documented for, for `list` and README.
     attributes: ClassVar[tuple[str, ...]] = ()
+    # An operator-only tweak (e.g. raw XPath patches) never takes a value from a VM: its
+    # parameters must be literals in the rule file.
+    operator_only: ClassVar[bool] = False
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -1,0 +1,177 @@
+"""`one-tweaks` as operators run it: outputs, exit codes, one-line errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import ONE, ROOT, deployment, run_cli, vm_xml, write_rule
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from tweaks import registry
+from tweaks.cli import main
+
+SAMPLE = ROOT / "tests" / "fixtures" / "sample"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    dom = tmp_path / "deployment.0"
+    vm = tmp_path / "vm.xml"
+    dom.write_bytes(deployment())
+    vm.write_bytes(vm_xml({"T_IOTHREADS_OVERRIDE": "3"}))
+    return dom, vm
+
+
+def no_traceback(proc_stderr: bytes) -> None:
+    assert b"Traceback" not in proc_stderr
+
+
+def test_apply_prints_the_tweaked_domain(files, assert_valid):
+    dom, vm = files
+    proc = run_cli("apply", str(dom), "--vm", str(vm))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    assert_valid(proc.stdout)
+    assert etree.fromstring(proc.stdout).findtext("iothreads") == "3"
+
+
+def test_apply_reads_stdin_and_writes_out_atomically(files, tmp_path, assert_valid):
+    dom, vm = files
+    out = tmp_path / "out.xml"
+    out.write_text("old")
+    os.chmod(out, 0o640)
+    proc = run_cli("apply", "-", "--vm", str(vm), "-o", str(out), stdin=dom.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b""
+    assert_valid(out.read_bytes())
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640, "OUT keeps its mode"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file left"
+
+
+def test_unwritable_out_fails_with_one_line(files, tmp_path):
+    dom, vm = files
+    target = tmp_path / "no-such-dir" / "out.xml"
+    proc = run_cli("apply", str(dom), "--vm", str(vm), "-o", str(target))
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and str(target) in lines[0] and "cannot write" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("domain", "vm", "message"),
+    [
+        ("missing.xml", None, "missing.xml: cannot read domain XML: No such file or directory"),
+        ("broken.xml", None, "broken.xml: malformed XML"),
+        (None, "broken.xml", "broken.xml: malformed XML"),
+        (None, "missing.xml", "missing.xml: cannot read VM XML"),
+        ("empty.xml", None, "empty.xml: malformed XML"),
+        ("vmroot.xml", None, "root element is <VM>, not <domain>"),
+    ],
+)
+def test_bad_inputs_give_one_line_naming_the_file(files, tmp_path, domain, vm, message):
+    (tmp_path / "broken.xml").write_text("<domain><name>x</domain")
+    (tmp_path / "empty.xml").write_text("")
+    (tmp_path / "vmroot.xml").write_bytes(vm_xml())
+    dom_path = str(tmp_path / domain) if domain else str(files[0])
+    vm_path = str(tmp_path / vm) if vm else str(files[1])
+    proc = run_cli("apply", dom_path, "--vm", vm_path)
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert message in lines[0]
+    no_traceback(proc.stderr)
+
+
+def test_explain_and_json_reports(files):
+    dom, vm = files
+    proc = run_cli("apply", str(dom), "--vm", str(vm), "--explain")
+    text = proc.stderr.decode()
+    assert "rule iothreads: applied" in text
+    assert "/domain/iothreads/text(): '2' -> '3'" in text
+    assert "rule video: not-matched (no value for video: model (USER_TEMPLATE/T_VIDEO_MODEL not set))" in text
+    proc = run_cli("apply", str(dom), "--vm", str(vm), "--json")
+    report = json.loads(proc.stderr)
+    assert report["vm"] == "42"
+    assert report["validation"] == "ok"
+    iothreads = next(r for r in report["rules"] if r["rule"] == "iothreads")
+    assert iothreads["changes"][0] == {"xpath": "/domain/iothreads/text()", "before": "2", "after": "3"}
+
+
+def test_bad_user_value_warns_but_exits_zero(files):
+    dom, vm = files
+    vm.write_bytes(vm_xml({"T_IOTHREADS_OVERRIDE": "-1"}))
+    proc = run_cli("apply", str(dom), "--vm", str(vm))
+    assert proc.returncode == 0
+    assert proc.stderr.decode() == (
+        "one-tweaks: VM 42: rule iothreads: USER_TEMPLATE/T_IOTHREADS_OVERRIDE='-1': not a whole number; "
+        "rule skipped\n"
+    )
+
+
+def test_check_ok_and_problems(tmp_path):
+    proc = run_cli("check")
+    assert proc.returncode == 0
+    assert proc.stdout.decode().endswith("rules enabled: OK\n")
+    bad = write_rule(tmp_path, "50-bad.yaml", "name: bad\ntweaks:\n  - iothreads:\n      count: zero\n")
+    proc = run_cli("check", "--rules", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stdout.decode().startswith(f"{bad}:4: rule bad: ")
+    proc = run_cli("check", "--rules", str(tmp_path / "nope"))
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == f"one-tweaks: {tmp_path / 'nope'}: rules directory does not exist\n"
+
+
+def test_schema_is_the_committed_file_and_valid_json_schema():
+    import jsonschema
+
+    proc = run_cli("schema")
+    assert proc.returncode == 0
+    assert proc.stdout == (ROOT / "tweaks" / "rules.schema.json").read_bytes(), (
+        "tweaks/rules.schema.json is stale: run `one-tweaks schema > tweaks/rules.schema.json`"
+    )
+    jsonschema.Draft202012Validator.check_schema(json.loads(proc.stdout))
+
+
+def test_list_names_every_tweak_and_parameter():
+    proc = run_cli("list")
+    text = proc.stdout.decode()
+    for tweak in registry.all_tweaks():
+        assert f"{tweak.name}: {tweak.summary}" in text
+        for param in tweak.params:
+            assert f"    {param.name}: {param.type_doc()}" in text
+
+
+def test_usage_errors_exit_2():
+    proc = run_cli("apply")
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("one-tweaks: ")
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_sample_vm_shows_changes(assert_valid):
+    proc = run_cli("apply", str(SAMPLE / "deployment.xml"), "--vm", str(SAMPLE / "vm.xml"), "--explain")
+    assert proc.returncode == 0
+    assert_valid(proc.stdout)
+    assert proc.stderr.decode().count(": applied") >= 5
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+def test_no_traceback_for_any_domain_bytes(tmp_path_factory, capsys, data):
+    base = tmp_path_factory.mktemp("fz")
+    dom, vm = base / "d.xml", base / "vm.xml"
+    dom.write_bytes(data)
+    vm.write_bytes((ONE / "vm-42.xml").read_bytes())
+    code = main(["apply", str(dom), "--vm", str(vm), "-o", str(base / "out.xml")])
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    assert "Traceback" not in err
+    if code:
+        assert len(err.splitlines()) == 1 and str(dom) in err
