@@ -118,3 +118,15 @@ def run_cli(*args: str, stdin: bytes | None = None, env: Mapping[str, str] | Non
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "tweaks", *args], input=stdin, capture_output=True,
                           env=full_env, cwd=cwd, timeout=120)
+
+
+def _xml_char(c: str) -> bool:
+    o = ord(c)
+    return o in (9, 10, 13) or 0x20 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD or o >= 0x10000
+
+
+def xml_text(max_size: int = 80):  # type: ignore[no-untyped-def]
+    """Hypothesis strategy: any text an XML document (so oned) can carry."""
+    from hypothesis import strategies as st
+
+    return st.text(st.characters(codec="utf-8").filter(_xml_char), max_size=max_size)
