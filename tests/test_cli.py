@@ -95,7 +95,7 @@ def test_explain_and_json_reports(files):
     text = proc.stderr.decode()
     assert "rule iothreads: applied" in text
     assert "/domain/iothreads/text(): '2' -> '3'" in text
-    assert "rule video: not-matched (no value for video: model (USER_TEMPLATE/T_VIDEO_MODEL not set))" in text
+    assert "rule video: not-matched (no value for video: USER_TEMPLATE/T_VIDEO_MODEL not set)" in text
     proc = run_cli("apply", str(dom), "--vm", str(vm), "--json")
     report = json.loads(proc.stderr)
     assert report["vm"] == "42"
@@ -175,3 +175,19 @@ def test_no_traceback_for_any_domain_bytes(tmp_path_factory, capsys, data):
     assert "Traceback" not in err
     if code:
         assert len(err.splitlines()) == 1 and str(dom) in err
+
+
+def test_readme_catalogue_is_current():
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+    table = readme[readme.index(start) + len(start): readme.index(end)]
+    proc = run_cli("list", "--markdown")
+    assert table == proc.stdout.decode(), "README catalogue is stale: paste `one-tweaks list --markdown`"
+
+
+def test_readme_has_exactly_the_two_setup_commands():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Two commands", 1)[1].split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["bash .ci/demo", "bash .ci/test"]
+    assert "exec bash .ci/test" in (ROOT / ".ci" / "run").read_text()

@@ -60,7 +60,7 @@ def test_order_and_override_by_file_name(tmp_path, monkeypatch):
 def test_empty_file_or_enabled_false_disables_a_shipped_rule(tmp_path, monkeypatch):
     monkeypatch.setenv("ONE_TWEAKS_RULES_DIR", str(tmp_path))
     write_rule(tmp_path, "10-iothreads.yaml", "")
-    write_rule(tmp_path, "40-video.yaml", "name: video\nenabled: false\ntweaks:\n  - video:\n")
+    write_rule(tmp_path, "40-video.yaml", "name: video\nenabled: false\ntweaks:\n  - video: {model: type=vga}\n")
     outcome = apply(deployment(), vm_xml({"T_IOTHREADS_OVERRIDE": "3", "T_VIDEO_MODEL": "type=qxl"}))
     assert "iothreads" not in [r.name for r in outcome.report.results]
     assert next(r for r in outcome.report.results if r.name == "video").status == "disabled"

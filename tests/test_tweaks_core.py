@@ -224,7 +224,9 @@ LEGITIMATE = {("T_CPU_SOCKETS", "0")} | {
 def test_known_hostile_values_are_rejected(assert_valid):
     for attribute, rule in ATTRIBUTES.items():
         for value in HOSTILE:
-            root, outcome = tweak({attribute: value})
+            # T_CPU_THREADS is only read when T_CPU_SOCKETS gives the rule something to do
+            extra = {"T_CPU_SOCKETS": "1"} if attribute == "T_CPU_THREADS" else {}
+            root, outcome = tweak({attribute: value, **extra})
             if (attribute, value) in LEGITIMATE:
                 continue
             assert status(outcome, rule) == SKIPPED, (attribute, value)

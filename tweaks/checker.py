@@ -17,7 +17,7 @@ from . import registry, schema
 from .conditions import ConditionError, compile_condition
 from .errors import ParamError, TweakError
 from .loader import Problem, RuleSet
-from .rules import Call, Rule, resolve
+from .rules import Call, Rule, needs, resolve
 
 _Path = tuple[object, ...]
 _validators: dict[tuple[str, ...], Any] = {}
@@ -121,15 +121,22 @@ def check_file(path: str, data_bytes: bytes) -> tuple[Rule | None, list[Problem]
         ((tweak_name, params),) = item.items()
         params = params or {}
         line = _line(lines, ("tweaks", index))
+        call = Call(tweak_name, params, line)
         try:
-            resolve(registry.get(tweak_name), params, None)
+            tweak = registry.get(tweak_name)
+            call.needs = needs(tweak, params)
+            unset = [p.name for p in tweak.params if p.required and p.name not in params]
+            if unset:
+                problems.append(Problem(path, line, f"{tweak_name}: required parameter {', '.join(unset)} "
+                                        "has no value (give a literal or {from: FACT})", rule.name))
+            resolve(tweak, params, None)
         except ParamError as exc:
             bad = next((k for k in params if exc.source and exc.source.endswith(f" {k}")), None)
             where = _line(lines, ("tweaks", index, tweak_name, bad)) if bad else line
             problems.append(Problem(path, where, f"{tweak_name}: {exc.describe()}", rule.name))
         except TweakError as exc:
             problems.append(Problem(path, line, str(exc), rule.name))
-        rule.calls.append(Call(tweak_name, params, line))
+        rule.calls.append(call)
     rule.errors = [p.message for p in problems]
     return rule, problems
 

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from .errors import TweakError
@@ -47,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rules", action="append", default=[], metavar="DIR", help=rules_help)
 
     sub.add_parser("schema", help="print the JSON Schema of rule files")
-    sub.add_parser("list", help="list the tweaks and their parameters")
+    ls = sub.add_parser("list", help="list the tweaks and their parameters")
+    ls.add_argument("--markdown", action="store_true", help="as the README's catalogue table")
     return p
 
 
@@ -63,6 +63,8 @@ def _read(path: str, what: str) -> bytes:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Write via a temporary file in the same directory and rename: never half a file."""
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
@@ -143,9 +145,12 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_list(_: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from . import registry
 
+    if args.markdown:
+        sys.stdout.write(catalogue_markdown())
+        return EXIT_OK
     for tweak in registry.all_tweaks():
         print(f"{tweak.name}: {tweak.summary}")
         if tweak.attributes:
@@ -154,6 +159,23 @@ def cmd_list(_: argparse.Namespace) -> int:
             default = "" if p.default is None else f" (default {p.default})"
             print(f"    {p.name}: {p.type_doc()}{default} - {p.doc}")
     return EXIT_OK
+
+
+def catalogue_markdown() -> str:
+    """The README's tweak table: one row per parameter, generated so it cannot go stale."""
+    from . import registry
+
+    lines = ["| tweak | what it does | parameter | format and bounds | default | VM attributes (shipped rules) |",
+             "|---|---|---|---|---|---|"]
+    for tweak in registry.all_tweaks():
+        attrs = ", ".join(f"`{a}`" for a in tweak.attributes) or "(operator rules only)"
+        for i, p in enumerate(tweak.params):
+            default = "required" if p.default is None else f"`{p.default}`" if p.default != "" else "unset"
+            first = i == 0
+            cells = [f"`{tweak.name}`" if first else "", tweak.summary if first else "", f"`{p.name}`",
+                     f"{p.type_doc()}: {p.doc}", default, attrs if first else ""]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("<", "&lt;") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 COMMANDS = {"apply": cmd_apply, "check": cmd_check, "schema": cmd_schema, "list": cmd_list}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from .record import record
 from typing import Any
 
 from .errors import TweakError
@@ -34,7 +34,7 @@ class Condition:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@record
 class All(Condition):
     parts: tuple[Condition, ...]
 
@@ -46,7 +46,7 @@ class All(Condition):
         return None
 
 
-@dataclass(frozen=True)
+@record
 class AnyOf(Condition):
     parts: tuple[Condition, ...]
 
@@ -60,7 +60,7 @@ class AnyOf(Condition):
         return "none of: " + "; ".join(reasons)
 
 
-@dataclass(frozen=True)
+@record
 class Not(Condition):
     part: Condition
     text: str
@@ -71,7 +71,7 @@ class Not(Condition):
         return None
 
 
-@dataclass(frozen=True)
+@record
 class Present(Condition):
     fact: str
     want: bool
@@ -108,7 +108,7 @@ _NUMERIC: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class Compare(Condition):
     fact: str
     op: str

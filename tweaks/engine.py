@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from .record import record
 
 from lxml import etree
 
@@ -19,7 +19,7 @@ from .errors import InputError, ParamError, TweakError
 from .facts import Facts, from_documents
 from .normalize import normalize
 from .report import APPLIED, DISABLED, NOT_MATCHED, ROLLED_BACK, SKIPPED, UNCHANGED, Report, RuleResult
-from .rules import Rule, resolve
+from .rules import Rule, idle_reason, resolve
 from .tweak import Context
 from .validate import DomainSchema
 from .xmledit import Editor
@@ -47,7 +47,7 @@ def serialize(tree: etree._ElementTree, declaration: bool = False) -> bytes:
     return data if data.endswith(b"\n") else data + b"\n"
 
 
-@dataclass
+@record
 class Outcome:
     tree: etree._ElementTree
     report: Report
@@ -62,6 +62,13 @@ def apply_rules(
     schema: DomainSchema | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Outcome:
+    """Normalise, then apply ``rules`` in order; ``warn`` gets each warning line.
+
+    Schema validation costs about a millisecond per call, so the rules first run with
+    one validation at the end. Only if that finds an error the input did not have do
+    they run again from the start, validating after each rule to roll back the ones
+    that break the document.
+    """
     if domain.getroot().tag != "domain":
         raise InputError(f"domain XML: root element is <{domain.getroot().tag}>, not <domain>")
     if vm is not None and vm.getroot().tag != "VM":
@@ -70,17 +77,37 @@ def apply_rules(
     editor = Editor(domain)
     normalize(editor)
     facts = from_documents(vm.getroot() if vm is not None else None, domain.getroot())
-    report = Report(vm=facts.vm_id, normalized=list(editor.changes))
-    warnings = report.warnings
+    normalized = list(editor.changes)
+    pristine = copy.deepcopy(domain.getroot())
+
+    report = _run(rules, facts, editor, None)
+    if any(r.status == APPLIED for r in report.results):
+        final = schema.errors(domain)
+        if final is None:
+            report.validation = f"skipped: {schema.problem}"
+            report.warnings.append(f"VM {facts.vm_id}: {schema.problem}")
+        elif final and final - (schema.errors(_as_tree(copy.deepcopy(pristine))) or frozenset()):
+            domain._setroot(pristine)
+            report = _run(rules, facts, editor, schema)
+            report.validation = "ok (rules checked one by one)"
+        else:
+            report.validation = "ok"
+    report.normalized = normalized
+    if warn is not None:
+        for line in report.warnings:
+            warn(line)
+    return Outcome(domain, report, facts)
+
+
+def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSchema | None) -> Report:
+    """One pass over the rules; with ``schema``, each rule must add no schema error."""
+    domain = editor.tree
+    report = Report(vm=facts.vm_id)
 
     def warning(text: str) -> None:
-        message = f"VM {facts.vm_id}: {text}"
-        warnings.append(message)
-        if warn is not None:
-            warn(message)
+        report.warnings.append(f"VM {facts.vm_id}: {text}")
 
-    baseline: frozenset[str] | None = None
-    checked = False
+    baseline = schema.errors(domain) if schema is not None else None
     for rule in rules:
         result = RuleResult(rule.name, rule.file, UNCHANGED)
         report.results.append(result)
@@ -94,15 +121,7 @@ def apply_rules(
         try:
             condition = rule.condition()
             failed = condition.evaluate(facts) if condition is not None else None
-        except TweakError as exc:
-            result.status, result.reason = SKIPPED, str(exc)
-            warning(f"rule {rule.name}: skipped: {exc}")
-            continue
-        if failed is not None:
-            result.status, result.reason = NOT_MATCHED, failed
-            continue
-        try:
-            plans = _plan(rule, facts, editor)
+            plans = _plan(rule, facts, editor) if failed is None else []
         except ParamError as exc:
             result.status, result.reason = SKIPPED, exc.describe()
             warning(f"rule {rule.name}: {exc.describe()}; rule skipped")
@@ -110,6 +129,9 @@ def apply_rules(
         except TweakError as exc:
             result.status, result.reason = SKIPPED, str(exc)
             warning(f"rule {rule.name}: skipped: {exc}")
+            continue
+        if failed is not None:
+            result.status, result.reason = NOT_MATCHED, failed
             continue
         if not any(ctx is not None for _, ctx in plans):
             result.status = NOT_MATCHED
@@ -137,12 +159,9 @@ def apply_rules(
         result.reason = "; ".join(notes)
         if not editor.changes:
             continue
-        if not checked:
-            baseline = schema.errors(_as_tree(snapshot))
-            checked = True
-        if baseline is not None:
-            now = schema.errors(domain)
-            new = sorted((now or frozenset()) - baseline)
+        if schema is not None and baseline is not None:
+            now = schema.errors(domain) or frozenset()
+            new = sorted(now - baseline)
             if new:
                 domain._setroot(snapshot)
                 result.status = ROLLED_BACK
@@ -152,11 +171,7 @@ def apply_rules(
             baseline = now
         result.status = APPLIED
         result.changes = editor.changes
-    if checked:
-        report.validation = "skipped: " + (schema.problem or "") if baseline is None else "ok"
-        if baseline is None and schema.problem:
-            warning(schema.problem)
-    return Outcome(domain, report, facts)
+    return report
 
 
 def _as_tree(root: etree._Element) -> etree._ElementTree:
@@ -168,6 +183,10 @@ def _plan(rule: Rule, facts: Facts, editor: Editor) -> list[tuple[str, Context |
     whole rule). A call whose required parameters have no value is idle (None)."""
     plans: list[tuple[str, Context | None]] = []
     for call in rule.calls:
+        idle = idle_reason(call, facts)
+        if idle is not None:
+            plans.append((idle, None))
+            continue
         tweak = registry.get(call.tweak)
         resolved = resolve(tweak, call.params, facts)
         if resolved.missing:

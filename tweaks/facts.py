@@ -16,7 +16,7 @@ Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def describe(name: str) -> str:
     return name
 
 
-@dataclass
+@record
 class Facts:
     scalars: dict[str, str] = field(default_factory=dict)
     disks: list[dict[str, str]] = field(default_factory=list)

@@ -16,9 +16,8 @@ import importlib.util
 import marshal
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import Any
 
 from . import __version__
@@ -27,7 +26,7 @@ from .rules import Rule
 
 DEFAULT_ETC_DIR = "/etc/one/tweaks.d"
 RULE_SUFFIXES = (".yaml", ".yml")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 try:  # the builtin sha256 avoids loading OpenSSL through hashlib on the hot path
     from _sha256 import sha256  # type: ignore[import-not-found]
@@ -35,7 +34,7 @@ except ImportError:  # pragma: no cover - other Python builds
     from hashlib import sha256
 
 
-@dataclass(frozen=True)
+@record
 class Problem:
     file: str
     line: int
@@ -47,7 +46,7 @@ class Problem:
         return where + (f"rule {self.rule}: " if self.rule else "") + self.message
 
 
-@dataclass
+@record
 class RuleSet:
     rules: list[Rule] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -146,6 +145,8 @@ def _cache_read(path: str, key: str) -> list[dict[str, Any]] | None:
 
 
 def _cache_write(path: str, key: str, rules: list[dict[str, Any]]) -> str:
+    import tempfile
+
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)

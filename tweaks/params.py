@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from .record import record
 from typing import Any
 
 from .errors import ParamError
 
 # Longest string accepted from a VM attribute for any parameter; real values are short.
 MAX_TEXT = 512
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
-_DIGITS = re.compile(r"[0-9]{1,10}")
 TRUE_WORDS = frozenset({"yes", "y", "on", "true", "1", "enable", "enabled"})
 FALSE_WORDS = frozenset({"no", "n", "off", "false", "0", "disable", "disabled"})
+
+
+def _identity(text: str) -> Any:
+    return text
 
 
 def clean_text(raw: object, *, allow_empty: bool = False, max_len: int = MAX_TEXT) -> str:
@@ -31,14 +33,15 @@ def clean_text(raw: object, *, allow_empty: bool = False, max_len: int = MAX_TEX
     text = str(raw).strip()
     if len(text) > max_len:
         raise ParamError(f"longer than {max_len} characters")
-    if not _PRINTABLE.fullmatch(text):
+    if not text.isprintable():
+        # also refuses format characters such as U+202E (right-to-left override)
         raise ParamError("contains control characters")
     if not text and not allow_empty:
         raise ParamError("empty value")
     return text
 
 
-@dataclass(frozen=True)
+@record
 class Param:
     """Base class: a named parameter with a one-line doc and an optional default."""
 
@@ -61,7 +64,7 @@ class Param:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@record
 class Int(Param):
     """A whole number in [minimum, maximum]; ``words`` are symbolic values such as ``vcpu``."""
 
@@ -82,7 +85,7 @@ class Int(Param):
             text = clean_text(raw, max_len=16)
             if text.lower() in self.words:
                 return text.lower()
-            if not _DIGITS.fullmatch(text):
+            if not (text.isascii() and text.isdigit() and len(text) <= 10):
                 expected = "a whole number" + (f" or {'/'.join(self.words)}" if self.words else "")
                 raise ParamError(f"not {expected}")
             value = int(text)
@@ -95,7 +98,7 @@ class Int(Param):
         return f"int {self.minimum}..{self.maximum}{words}"
 
 
-@dataclass(frozen=True)
+@record
 class Bool(Param):
     """yes/no, on/off, true/false, 1/0 (any case), or a YAML boolean."""
 
@@ -117,7 +120,7 @@ class Bool(Param):
         return "yes|no"
 
 
-@dataclass(frozen=True)
+@record
 class Choice(Param):
     """One of a fixed set of lowercase words (input is matched case-insensitively)."""
 
@@ -133,10 +136,10 @@ class Choice(Param):
         return text
 
     def type_doc(self) -> str:
-        return "|".join(self.choices)
+        return "|".join(c for c in self.choices if c)
 
 
-@dataclass(frozen=True)
+@record
 class Text(Param):
     """A string matching ``pattern`` in full."""
 
@@ -157,7 +160,7 @@ class Text(Param):
         return self.hint or f"text /{self.pattern}/"
 
 
-@dataclass(frozen=True)
+@record
 class Format(Param):
     """A structured string (e.g. ``model[:fallback]``) decoded by ``parser``.
 
@@ -165,7 +168,7 @@ class Format(Param):
     and runs on operator literals at check time as well as on VM values at deploy time.
     """
 
-    parser: Callable[[str], Any] = field(default=lambda text: text)
+    parser: Callable[[str], Any] = _identity
     syntax: str = ""
     pattern: str | None = None
     max_len: int = 256

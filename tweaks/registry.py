@@ -6,6 +6,7 @@ matched rules use and nothing else.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -31,6 +32,7 @@ def names() -> list[str]:
     return sorted(set(_catalog_names()) | set(_loaded))
 
 
+@functools.cache
 def _catalog_names() -> list[str]:
     found = []
     for entry in os.listdir(_CATALOG):

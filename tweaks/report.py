@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from .record import field, record
 
 from .xmledit import Change
 
@@ -15,7 +14,7 @@ SKIPPED = "skipped"          # bad value or broken rule file: warned, nothing ch
 ROLLED_BACK = "rolled-back"  # failed or made the XML schema-invalid: changes undone
 
 
-@dataclass
+@record
 class RuleResult:
     name: str
     file: str
@@ -28,7 +27,7 @@ class RuleResult:
                 "changes": [c.as_dict() for c in self.changes]}
 
 
-@dataclass
+@record
 class Report:
     vm: str
     normalized: list[Change] = field(default_factory=list)
@@ -42,6 +41,8 @@ class Report:
                 "rules": [r.as_dict() for r in self.results], "warnings": self.warnings}
 
     def to_json(self) -> str:
+        import json
+
         return json.dumps(self.as_dict(), indent=2)
 
     def to_text(self) -> str:

@@ -19,7 +19,7 @@ and a bad one skips the rule with a warning instead of reaching the XML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import Any
 
 from .conditions import Condition, compile_condition
@@ -28,14 +28,17 @@ from .facts import Facts, describe
 from .tweak import ORIGIN_RULE, ORIGIN_TWEAK, ORIGIN_VM, Tweak
 
 
-@dataclass
+@record
 class Call:
     tweak: str
     params: dict[str, Any]
     line: int = 0
+    # For each required parameter that only a fact can give: those facts. Lets a deploy
+    # see that a call is idle without importing its tweak module.
+    needs: list[list[str]] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Rule:
     name: str
     file: str
@@ -45,7 +48,7 @@ class Rule:
     when: dict[str, Any] | None = None
     calls: list[Call] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    _condition: Condition | None = field(default=None, repr=False, compare=False)
+    _condition: Condition | None = None
 
     def condition(self) -> Condition | None:
         if self.when is not None and self._condition is None:
@@ -57,7 +60,7 @@ class Rule:
         return {
             "name": self.name, "file": self.file, "line": self.line,
             "description": self.description, "enabled": self.enabled, "when": self.when,
-            "calls": [[c.tweak, c.params, c.line] for c in self.calls], "errors": self.errors,
+            "calls": [[c.tweak, c.params, c.line, c.needs] for c in self.calls], "errors": self.errors,
         }
 
     @classmethod
@@ -65,16 +68,33 @@ class Rule:
         return cls(
             name=raw["name"], file=raw["file"], line=raw["line"],
             description=raw["description"], enabled=raw["enabled"], when=raw["when"],
-            calls=[Call(t, p, ln) for t, p, ln in raw["calls"]], errors=list(raw["errors"]),
+            calls=[Call(t, p, ln, nd) for t, p, ln, nd in raw["calls"]], errors=list(raw["errors"]),
         )
 
 
-@dataclass
+@record
 class Resolved:
     values: dict[str, Any]
     origins: dict[str, str]
     sources: dict[str, str]
     missing: list[str]
+
+
+def needs(tweak: Tweak, raw_params: dict[str, Any]) -> list[list[str]]:
+    """The fact lists a call cannot run without (see ``Call.needs``)."""
+    out = []
+    for param in tweak.params:
+        spec = raw_params.get(param.name)
+        if param.required and isinstance(spec, dict) and "default" not in spec:
+            out.append(source_facts(spec))
+    return out
+
+
+def idle_reason(call: Call, facts: Facts) -> str | None:
+    for group in call.needs:
+        if all(facts.get(fact) is None for fact in group):
+            return f"{call.tweak}: {' / '.join(describe(f) for f in group)} not set"
+    return None
 
 
 def source_facts(spec: Any) -> list[str]:

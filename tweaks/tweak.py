@@ -8,7 +8,7 @@ which give both the JSON Schema for rule files and the deploy-time checks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import Any, ClassVar
 
 from lxml import etree
@@ -26,7 +26,7 @@ ORIGIN_RULE = "rule"
 ORIGIN_TWEAK = "tweak"
 
 
-@dataclass
+@record
 class Context:
     tweak: str
     editor: Editor

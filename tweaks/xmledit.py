@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from .record import record
 
 from lxml import etree
 
@@ -27,7 +27,7 @@ DOMAIN_ORDER = (
 _SNIPPET = 160
 
 
-@dataclass(frozen=True)
+@record
 class Change:
     xpath: str
     before: str | None
