@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vmgen  # noqa: E402
+import vmgen
 
 
 def median_ms(cmd: list[str], runs: int, env: dict[str, str]) -> float:

@@ -176,7 +176,7 @@ def test_changes_are_reported_as_xpath_before_after():
     outcome = apply(deployment(), vm_xml({"T_IOTHREADS_OVERRIDE": "3"}))
     result = next(r for r in outcome.report.results if r.name == "iothreads")
     assert result.status == APPLIED
-    assert [str(c) for c in result.changes][0] == "/domain/iothreads/text(): '2' -> '3'"
+    assert next(str(c) for c in result.changes) == "/domain/iothreads/text(): '2' -> '3'"
     text = outcome.report.to_text()
     assert "rule iothreads: applied" in text
     assert "/domain/devices/controller[1]/driver/@iothread: '1' -> '3'" in text
@@ -188,7 +188,8 @@ def test_bad_user_value_skips_only_its_rule(assert_valid):
     assert results["iothreads"].status == SKIPPED
     assert results["video"].status == APPLIED
     (warning,) = [w for w in outcome.report.warnings if "iothreads" in w]
-    assert warning == "VM 42: rule iothreads: USER_TEMPLATE/T_IOTHREADS_OVERRIDE='<x/>': not a whole number; rule skipped"
+    assert warning == ("VM 42: rule iothreads: USER_TEMPLATE/T_IOTHREADS_OVERRIDE='<x/>': not a whole number; "
+                       "rule skipped")
     assert outcome.tree.getroot().findtext("iothreads") == "2"
     assert_valid(outcome.tree)
 

@@ -140,7 +140,7 @@ FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 def test_fuzzed_rule_files_never_crash_the_checker(doc, raw):
     text = yaml.safe_dump(doc).encode()
     for data in (text, raw, text[: len(text) // 2]):
-        rule, problems = check_file("/r/10-x.yaml", data)
+        _rule, problems = check_file("/r/10-x.yaml", data)
         for problem in problems:
             assert problem.file == "/r/10-x.yaml" and problem.line >= 1 and problem.message
 

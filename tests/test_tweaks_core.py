@@ -13,7 +13,7 @@ from tweaks.report import APPLIED, SKIPPED
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 HOSTILE = [
     "", " ", "0", "-1", "1e3", "0x10", "99999999999999999999", "4 4", "<x/>", "']]><x>", '"', "'",
-    "../../etc/passwd", "４", "\u202e4", "4\t4", "a" * 600, "$(reboot)", "; rm -rf /",
+    "../../etc/passwd", "\uff14", "\u202e4", "4\t4", "a" * 600, "$(reboot)", "; rm -rf /",
 ]
 
 

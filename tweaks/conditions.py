@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from .record import record
 from typing import Any
 
 from .errors import TweakError
 from .facts import Facts
+from .record import record
 
 COMPARATORS = ("equals", "in", "regex", "lt", "le", "gt", "ge")
 

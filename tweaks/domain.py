@@ -58,3 +58,97 @@ def driver(editor: Editor, device: etree._Element, *, qemu: bool = True) -> etre
 def machine(root: etree._Element) -> str:
     os_type = root.find("os/type")
     return "" if os_type is None else os_type.get("machine", "")
+
+
+# --- helpers added for the CPU / NUMA / memory tweaks (cpu_numa_alt, vcpu_max, memory_max) ---
+
+_UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024,
+             "mib": 1024, "mb": 1000**2 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1000**3 / 1024,
+             "t": 1024**3, "tib": 1024**3, "tb": 1000**4 / 1024}
+MAX_CPUSET_ID = 65535
+
+
+def to_kib(text: str | None, unit: str | None) -> int | None:
+    """A libvirt scaled integer (``unit`` defaults to KiB) in KiB; None if unreadable."""
+    factor = _UNIT_KIB.get((unit or "KiB").lower())
+    if text is None or factor is None:
+        return None
+    try:
+        return int(int(text.strip()) * factor)
+    except ValueError:
+        return None
+
+
+def element_kib(el: etree._Element | None) -> int | None:
+    """``<memory>``-like element (text + optional ``unit``) in KiB."""
+    return None if el is None else to_kib(el.text, el.get("unit"))
+
+
+def vcpu_current(root: etree._Element) -> int | None:
+    """vCPUs online at boot: ``<vcpu current=...>``, else the ``<vcpu>`` count."""
+    el = root.find("vcpu")
+    if el is not None and el.get("current") is not None:
+        try:
+            return int(el.get("current", ""))
+        except ValueError:
+            return None
+    return vcpu_count(root)
+
+
+def numa_cells(root: etree._Element) -> list[etree._Element]:
+    return root.findall("cpu/numa/cell")
+
+
+def cell_kib(cell: etree._Element) -> int | None:
+    return to_kib(cell.get("memory"), cell.get("unit"))
+
+
+def cpuset_parse(text: str | None) -> set[int] | None:
+    """``0-3,6,^2`` as a set of ids; None when malformed or out of bounds."""
+    if text is None:
+        return None
+    ids: set[int] = set()
+    excluded: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        target = ids
+        if part.startswith("^"):
+            target, part = excluded, part[1:]
+        first, dash, last = part.partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if dash else lo
+        except ValueError:
+            return None
+        if lo < 0 or hi < lo or hi > MAX_CPUSET_ID:
+            return None
+        target.update(range(lo, hi + 1))
+    return ids - excluded
+
+
+def cpuset_format(ids: list[int] | set[int]) -> str:
+    """Sorted ids as libvirt's cpuset text with ranges: ``0-3,8,10-11``."""
+    out: list[str] = []
+    ordered = sorted(ids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def socket_cells(sockets: int, cores: int, threads: int, *, interleave: bool = False) -> list[str]:
+    """The cpus of one NUMA cell per socket, for ``sockets*cores*threads`` vCPUs.
+
+    Contiguous: cell i holds socket i's vCPUs (what cpu_topology writes). Interleaved
+    (addon-storpool's T_CPU_ALT_NUMA): cores are dealt round-robin over the cells, the
+    threads of one core staying together, so cell i holds cores i, i+sockets, ...
+    """
+    per_cell: list[list[int]] = [[] for _ in range(sockets)]
+    for core in range(sockets * cores):
+        cell = core % sockets if interleave else core // cores
+        per_cell[cell].extend(range(core * threads, (core + 1) * threads))
+    return [cpuset_format(ids) for ids in per_cell]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from .record import record
 
 from lxml import etree
 
@@ -18,6 +17,7 @@ from . import registry
 from .errors import InputError, ParamError, TweakError
 from .facts import Facts, from_documents
 from .normalize import normalize
+from .record import record
 from .report import APPLIED, DISABLED, NOT_MATCHED, ROLLED_BACK, SKIPPED, UNCHANGED, Report, RuleResult
 from .rules import Rule, idle_reason, resolve
 from .tweak import Context

@@ -16,8 +16,9 @@ Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matc
 from __future__ import annotations
 
 import math
-from .record import field, record
 from typing import TYPE_CHECKING
+
+from .record import field, record
 
 if TYPE_CHECKING:
     from lxml import etree

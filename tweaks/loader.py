@@ -17,11 +17,11 @@ import marshal
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from .record import field, record
 from typing import Any
 
 from . import __version__
 from .errors import InputError
+from .record import field, record
 from .rules import Rule
 
 DEFAULT_ETC_DIR = "/etc/one/tweaks.d"

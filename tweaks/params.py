@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from .record import record
 from typing import Any
 
 from .errors import ParamError
+from .record import record
 
 # Longest string accepted from a VM attribute for any parameter; real values are short.
 MAX_TEXT = 512

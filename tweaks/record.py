@@ -33,7 +33,8 @@ _MISSING = object()
 def _fields(cls: type) -> tuple[str, ...]:
     names: list[str] = []
     for klass in reversed(cls.__mro__):
-        for name, annotation in klass.__dict__.get("__annotations__", {}).items():
+        # the class's own annotations only (inherited ones come from its base in the MRO)
+        for name, annotation in klass.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
             if "ClassVar" in str(annotation) or name.startswith("__") or name in names:
                 continue
             names.append(name)
@@ -70,7 +71,7 @@ def _repr(self: Any) -> str:
     return f"{type(self).__name__}({inner})"
 
 
-def _eq(self: Any, other: object) -> bool:
+def _eq(self: Any, other: Any) -> Any:
     if type(other) is not type(self):
         return NotImplemented
     return all(getattr(self, n) == getattr(other, n) for n in self.__record_fields__)
@@ -79,7 +80,7 @@ def _eq(self: Any, other: object) -> bool:
 @dataclass_transform(field_specifiers=(field,))
 def record(cls: type[T]) -> type[T]:
     cls.__record_fields__ = _fields(cls)  # type: ignore[attr-defined]
-    cls.__init__ = _init  # type: ignore[misc,method-assign]
+    cls.__init__ = _init  # type: ignore[method-assign]
     cls.__repr__ = _repr  # type: ignore[method-assign]
     cls.__eq__ = _eq  # type: ignore[method-assign]
     cls.__hash__ = None  # type: ignore[assignment]

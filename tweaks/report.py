@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .record import field, record
-
 from .xmledit import Change
 
 APPLIED = "applied"          # matched and changed the document

@@ -19,12 +19,12 @@ and a bad one skips the rule with a warning instead of reaching the XML.
 
 from __future__ import annotations
 
-from .record import field, record
 from typing import Any
 
 from .conditions import Condition, compile_condition
 from .errors import ParamError
 from .facts import Facts, describe
+from .record import field, record
 from .tweak import ORIGIN_RULE, ORIGIN_TWEAK, ORIGIN_VM, Tweak
 
 

@@ -8,7 +8,6 @@ which give both the JSON Schema for rule files and the deploy-time checks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from .record import field, record
 from typing import Any, ClassVar
 
 from lxml import etree
@@ -16,6 +15,7 @@ from lxml import etree
 from .errors import ParamError
 from .facts import Facts
 from .params import Param
+from .record import field, record
 from .xmledit import Editor
 
 # Where a resolved parameter value came from. Only "vm" values are an explicit request

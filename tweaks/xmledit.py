@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from .record import record
 
 from lxml import etree
+
+from .record import record
 
 # libvirt's own element order for <domain> children (as `virsh dumpxml` writes them);
 # used to place a new top-level element next to its natural neighbours.
