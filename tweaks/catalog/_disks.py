@@ -1,0 +1,168 @@
+"""Shared by the disk tweaks: which OpenNebula disk a domain ``<disk>`` is, and a
+parameter type for a list of TM_MAD names.
+
+oned writes every disk it manages as ``<system_dir>/disk.<DISK_ID>`` with ``system_dir``
+= ``<datastores>/<system DS id>/<VM id>``; the ``disk.N`` suffix (and the VM id as the
+parent directory when the VM is known) ties a domain disk to its ``TEMPLATE/DISK``
+(or to ``CONTEXT`` for the context CD-ROM). Not a tweak: the registry skips ``_`` modules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from lxml import etree
+
+from ..errors import ParamError
+from ..facts import Facts
+from ..params import MAX_TEXT, Param, clean_text
+from ..record import record
+from ..tweak import Context
+
+NAME = r"[a-z0-9_]{1,32}"
+MAX_NAMES = 16
+_NAME = re.compile(NAME)
+_SEPARATORS = re.compile(r"[\s,]+")
+_DISK_PATH = re.compile(r"/([^/]+)/disk\.([0-9]{1,6})\Z")
+DEFAULT_TM_MADS = ("storpool", "linstor_un")
+
+
+class Names(tuple[str, ...]):
+    """A parsed name list; prints as ``a,b`` (for ``one-tweaks list``)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ",".join(self)
+
+
+@record
+class NameList(Param):
+    """TM_MAD (or other driver) names ``[a-z0-9_]+``: a YAML list, or one string of
+    comma- and/or space-separated names. Duplicates are dropped; order is kept."""
+
+    def json_schema(self) -> dict[str, Any]:
+        item = {"type": "string", "pattern": f"^{NAME}$"}
+        text = {"type": "string", "maxLength": MAX_TEXT,
+                "pattern": rf"^[\s,]*{NAME}(?:[\s,]+{NAME})*[\s,]*$"}
+        array = {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_NAMES}
+        return {"anyOf": [array, text]}
+
+    def parse(self, raw: object) -> Names:
+        if isinstance(raw, (list, tuple)):
+            if not raw:
+                raise ParamError("empty list")
+            if not all(isinstance(item, str) for item in raw):
+                raise ParamError("list items must be names")
+            items = [clean_text(item, max_len=32) for item in raw]
+        else:
+            if not isinstance(raw, str):
+                raise ParamError(f"expected a name list, got {type(raw).__name__}")
+            text = clean_text(raw)
+            items = [item for item in _SEPARATORS.split(text) if item]
+        if not items:
+            raise ParamError("no names")
+        names: list[str] = []
+        for item in items:
+            if not _NAME.fullmatch(item):
+                raise ParamError(f"{item[:32]!r} is not a driver name [a-z0-9_]")
+            if item not in names:
+                names.append(item)
+        if len(names) > MAX_NAMES:
+            raise ParamError(f"more than {MAX_NAMES} names")
+        return Names(names)
+
+    def type_doc(self) -> str:
+        return "name[,name...]"
+
+
+def tm_mads_param(doc: str = "TM_MAD names whose disks this applies to") -> NameList:
+    return NameList("tm_mads", doc, default=Names(DEFAULT_TM_MADS))
+
+
+@record
+class OneDisk:
+    """A domain ``<disk>`` matched to its OpenNebula disk facts."""
+
+    element: etree._Element
+    source: etree._Element
+    path: str
+    facts: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.facts.get("id", "")
+
+    @property
+    def kind(self) -> str:
+        return self.facts.get("kind", "")
+
+    @property
+    def target(self) -> str:
+        target = self.element.find("target")
+        return (target.get("dev") if target is not None else None) or f"disk.{self.id}"
+
+
+def source_path(disk: etree._Element) -> tuple[etree._Element, str] | None:
+    """The disk's ``<source>`` and its local path (``file`` or ``dev``), if it has one."""
+    source = disk.find("source")
+    if source is None:
+        return None
+    path = source.get("file") or source.get("dev")
+    return (source, path) if path else None
+
+
+def one_disk(facts: Facts, disk: etree._Element) -> OneDisk | None:
+    """Match a domain disk to ``facts.disks`` by its ``.../<vmid>/disk.<DISK_ID>`` path."""
+    found = source_path(disk)
+    if found is None:
+        return None
+    source, path = found
+    match = _DISK_PATH.search(path)
+    if match is None:
+        return None
+    vm_id = facts.get("vm.id")
+    if vm_id is not None and match.group(1) != vm_id:
+        return None
+    entry = facts.disk(str(int(match.group(2))))
+    if entry is None:
+        return None
+    return OneDisk(disk, source, path, entry)
+
+
+def one_disks(facts: Facts, root: etree._Element) -> Iterator[OneDisk]:
+    for disk in root.iterfind("devices/disk"):
+        found = one_disk(facts, disk)
+        if found is not None:
+            yield found
+
+
+def tm_mad(facts: Facts, disk: OneDisk) -> str:
+    """The disk's TM_MAD. Volatile disks and the context CD-ROM live on the system
+    datastore: without their own TM_MAD, the history's (system DS) TM_MAD is theirs."""
+    own = disk.facts.get("tm_mad", "")
+    if own or disk.kind not in ("volatile", "context"):
+        return own
+    return facts.get("history.tm_mad") or ""
+
+
+def file_to_block(ctx: Context, kind: str) -> None:
+    """``type='file'`` disks of ``kind`` on a listed TM_MAD become ``type='block'`` with
+    ``<source dev=...>`` (same path: the TM driver made ``disk.N`` a link to the device).
+    Only the source attribute changes; every other child and attribute is kept."""
+    tm_mads: tuple[str, ...] = ctx.params["tm_mads"]
+    for disk in one_disks(ctx.facts, ctx.root):
+        if disk.kind != kind:
+            continue
+        driver_name = tm_mad(ctx.facts, disk)
+        if driver_name not in tm_mads:
+            continue
+        if disk.element.get("type") != "file":
+            if disk.element.get("type") != "block":
+                ctx.note(f"{disk.target}: type {disk.element.get('type')!r} left alone")
+            continue
+        ctx.editor.set_attr(disk.element, "type", "block")
+        ctx.editor.set_attr(disk.source, "file", None)
+        ctx.editor.set_attr(disk.source, "dev", disk.path)
