@@ -91,18 +91,17 @@ def _stderr(line: str) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from . import engine, loader
     from .validate import DomainSchema
 
-    schema = DomainSchema()  # starts compiling libvirt's schema in the background
+    schema = DomainSchema()  # compiles libvirt's schema on a thread while the rest loads and runs
+
+    from . import engine, loader
+
     domain_data = _read(args.domain, "domain XML")
     vm_data = _read(args.vm, "VM XML")
     domain_name = "stdin" if args.domain == "-" else args.domain
-    try:
-        domain = engine.parse_xml(domain_data, domain_name)
-        vm = engine.parse_xml(vm_data, args.vm)
-    except TweakError:
-        raise
+    domain = engine.parse_xml(domain_data, domain_name)
+    vm = engine.parse_xml(vm_data, args.vm)
     ruleset = loader.load(args.rules)
     outcome = engine.apply_rules(domain, vm, ruleset.rules, schema=schema, warn=_stderr)
     declaration = domain_data.lstrip().startswith(b"<?xml")

@@ -12,7 +12,6 @@ is missing, corrupt or unwritable only costs speed.
 
 from __future__ import annotations
 
-import importlib.util
 import marshal
 import os
 import sys
@@ -54,13 +53,12 @@ class RuleSet:
 
 
 def shipped_dir() -> str:
-    spec = importlib.util.find_spec("tweaks.shipped_rules")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if os.path.isdir(location):
-                return str(location)
-    # Running from a source checkout without installing.
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rules.d")
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "shipped_rules")  # where a wheel puts rules.d
+    if os.path.isdir(installed):
+        return installed
+    # A source checkout, run in place or installed in editable mode.
+    return os.path.join(os.path.dirname(here), "rules.d")
 
 
 def rule_dirs(extra: Sequence[str] = ()) -> list[tuple[str, bool]]:
