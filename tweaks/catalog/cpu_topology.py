@@ -7,7 +7,7 @@ alone". oned's TOPOLOGY (and NUMA_NODE) win over rule defaults; VM attributes wi
 
 from __future__ import annotations
 
-from ..domain import memory_kib, vcpu_count
+from ..domain import memory_kib, socket_cells, vcpu_count
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
 
@@ -50,15 +50,17 @@ class CpuTopology(Tweak):
             ctx.note("no usable <memory>; NUMA cells not written")
             return
         numa = editor.child(cpu, "numa")
-        per_socket = cores * threads
         cells = numa.findall("cell")
         for extra in cells[sockets:]:
             editor.remove(extra)
+        layout = socket_cells(sockets, cores, threads)
+        if [c.get("cpus") for c in cells] == socket_cells(sockets, cores, threads, interleave=True):
+            layout = [str(c.get("cpus")) for c in cells]  # cpu_numa_alt's interleaving of these cells stays
         share = memory // sockets
         for i in range(sockets):
             attrs: dict[str, str | int] = {
                 "id": i,
-                "cpus": f"{i * per_socket}-{(i + 1) * per_socket - 1}" if per_socket > 1 else str(i),
+                "cpus": layout[i],
                 # the last cell takes the remainder so the cells add up to <memory>
                 "memory": share if i < sockets - 1 else memory - share * (sockets - 1),
                 "unit": "KiB",
