@@ -1,0 +1,127 @@
+"""The narrow interface every storage backend implements (one class per backend).
+
+Names are the backend's own object names (volumes and snapshots share a namespace in
+StorPool; LINSTOR maps them to resources and snapshots). Sizes are bytes. Hosts are
+``Attachment`` targets identified by the backend's client id and their device dir.
+Every method is one explicit operation with a small, countable number of API calls;
+failures raise ``onelib.errors.DriverError`` (``NotFound`` when the object is absent,
+``Transient`` when a retry may help) with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+
+from tweaks.record import field, record
+
+
+@record
+class Volume:
+    name: str
+    size: int
+    tags: dict[str, str] = field(default_factory=dict)
+    placement: str = ""          # StorPool template / LINSTOR resource group
+    snapshot: bool = False
+    parent: str = ""             # the snapshot a volume (or snapshot) is based on
+    delete_after: int = 0        # seconds left before the backend deletes it (0: never)
+
+
+@record
+class Usage:
+    name: str
+    size: int                    # provisioned
+    stored: int                  # really used
+
+
+@record
+class Capacity:
+    total: int
+    free: int
+    used: int
+
+
+@record
+class HostRef:
+    """Where to attach: the OpenNebula host name, the backend's id for it, and the
+    directory its device links appear in."""
+
+    name: str
+    client: str
+    device_dir: str
+
+
+class Backend(abc.ABC):
+    name: str = ""
+
+    # --- volumes ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create(self, name: str, size: int, *, placement: str, tags: Mapping[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def clone(self, source: str, name: str, *, placement: str, tags: Mapping[str, str],
+              size: int | None = None, from_snapshot: bool = True) -> None:
+        """A new volume with ``source``'s content (a snapshot, or a volume with
+        ``from_snapshot=False``), grown to ``size``."""
+
+    @abc.abstractmethod
+    def delete(self, name: str, *, snapshot: bool = False) -> None:
+        """Delete a volume (or snapshot); detaches it from every host first. Absent is fine."""
+
+    @abc.abstractmethod
+    def resize(self, name: str, size: int, *, shrink: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def rename(self, name: str, new_name: str, *, snapshot: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def set_tags(self, name: str, tags: Mapping[str, str], *, snapshot: bool = False) -> None:
+        """Set these tags (an empty value removes the tag); other tags stay."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> Volume | None:
+        """The volume or snapshot called ``name``, None if there is none."""
+
+    @abc.abstractmethod
+    def find(self, prefix: str = "") -> list[Volume]:
+        """Volumes and snapshots whose name starts with ``prefix``, in one call each."""
+
+    @abc.abstractmethod
+    def snapshots(self, prefix: str = "") -> list[Volume]:
+        """Snapshots whose name starts with ``prefix`` (one call)."""
+
+    # --- snapshots -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def snapshot(self, volume: str, name: str, *, tags: Mapping[str, str] | None = None,
+                 delete_after: int = 0) -> None: ...
+
+    @abc.abstractmethod
+    def group_snapshot(self, pairs: Sequence[tuple[str, str]], *, tags: Mapping[str, str] | None = None) -> None:
+        """Snapshot every (volume, snapshot name) pair atomically: all or none."""
+
+    @abc.abstractmethod
+    def revert(self, volume: str, snapshot: str) -> None:
+        """Make ``volume`` hold ``snapshot``'s content again (other snapshots survive)."""
+
+    # --- hosts -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def attach(self, name: str, host: HostRef, *, readonly: bool = False, snapshot: bool = False) -> str:
+        """Attach to ``host`` (a snapshot always read-only); returns the device path there."""
+
+    @abc.abstractmethod
+    def detach(self, name: str, host: HostRef | None, *, force: bool = False, snapshot: bool = False) -> None:
+        """Detach from ``host``, or from every host when None. Absent is not an error."""
+
+    @abc.abstractmethod
+    def device_path(self, name: str, host: HostRef) -> str: ...
+
+    # --- accounting ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def usage(self, names: Iterable[str] | None = None) -> dict[str, Usage]:
+        """Provisioned and stored bytes of many volumes and snapshots in one call."""
+
+    @abc.abstractmethod
+    def capacity(self, placement: str) -> Capacity: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,102 @@
+"""The drivers' configuration file and its per-datastore overrides.
+
+``/etc/one/one-tweaks.conf`` (or ``$ONE_TWEAKS_CONF``) holds ``NAME=value`` lines in
+the shell syntax of addon-storpool's ``addon-storpoolrc``, with the seed add-ons'
+variable names where they exist (ONE_PX, DELAY_DELETE, DISKSNAPSHOT_LIMIT, SP_API_HTTP_HOST,
+...). It is parsed, never executed. A datastore's TEMPLATE attribute of the same name
+overrides the file for that datastore, as addon-storpool allows.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+
+from .errors import DriverError
+
+DEFAULT_PATH = "/etc/one/one-tweaks.conf"
+
+DEFAULTS: dict[str, str] = {
+    "ONE_PX": "one",
+    "DELAY_DELETE": "48h",
+    "DISKSNAPSHOT_LIMIT": "",
+    "VMSNAPSHOT_LIMIT": "",
+    "VMSNAPSHOT_FSFREEZE": "0",
+    "SP_API_HTTP_HOST": "",
+    "SP_API_HTTP_PORT": "81",
+    "SP_AUTH_TOKEN": "",
+    "SP_DEVICE_DIR": "/dev/storpool",
+    "SP_STORPOOL_CONF": "/etc/storpool.conf",
+    "ATTACH_TIMEOUT": "20",
+    "API_TIMEOUT": "30",
+    "API_RETRIES": "5",
+    "SSH_COMMAND": "ssh",
+    "STAGING_DIR": "/var/tmp",
+    "REMOTE_BACKUP_DELETE": "",
+    "CHECKPOINT_MARGIN": "1.1",
+}
+
+
+def parse_shell_vars(text: str, source: str) -> dict[str, str]:
+    """``NAME=value`` / ``export NAME="value"`` lines; comments and blanks ignored."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].strip()
+        name, eq, rest = line.partition("=")
+        if not eq or not name.replace("_", "").isalnum() or not name[0].isalpha():
+            raise DriverError(f"{source}:{number}: not NAME=value")
+        try:
+            words = shlex.split(rest, comments=True)
+        except ValueError as exc:
+            raise DriverError(f"{source}:{number}: {exc}") from None
+        values[name] = " ".join(words)
+    return values
+
+
+class Config:
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self.values = dict(DEFAULTS)
+        self.values.update(values or {})
+
+    @classmethod
+    def load(cls, path: str | None = None) -> Config:
+        path = path or os.environ.get("ONE_TWEAKS_CONF") or DEFAULT_PATH
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return cls(parse_shell_vars(fh.read(), path))
+        except FileNotFoundError:
+            return cls()
+        except OSError as exc:
+            raise DriverError(f"{path}: cannot read: {exc.strerror}") from None
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.values.get(name, default)
+
+    def overlay(self, attrs: Mapping[str, str]) -> Config:
+        """This configuration with a datastore's (or VM's) same-named attributes on top."""
+        merged = dict(self.values)
+        merged.update({k: v for k, v in attrs.items() if k in self.values or k.startswith(("SP_", "LS_"))})
+        return Config(merged)
+
+    def integer(self, name: str, minimum: int = 0) -> int | None:
+        raw = self.get(name).strip()
+        if raw == "":
+            return None
+        if not raw.isdigit() or int(raw) < minimum:
+            raise DriverError(f"configuration {name}={raw!r} is not a whole number >= {minimum}")
+        return int(raw)
+
+    def seconds(self, name: str) -> int:
+        """``48h``, ``30m``, ``90s``, ``2d`` or a plain number of seconds."""
+        raw = self.get(name).strip().lower()
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        scale = units.get(raw[-1:])
+        digits = raw[:-1] if scale else raw
+        if not digits.isdigit():
+            raise DriverError(f"configuration {name}={raw!r} is not a duration like 48h")
+        return int(digits) * (scale or 1)

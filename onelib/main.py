@@ -1,0 +1,39 @@
+"""The entry point every driver executable goes through."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from . import log
+from .errors import DriverError
+
+Action = Callable[[Sequence[str]], str | None]
+
+
+def run(ident: str, action: Action, argv: Sequence[str] | None = None) -> int:
+    """Run ``action(argv)``; print what it returns on stdout; turn every failure into one
+    line on stderr and a non-zero exit (never a traceback: oned shows stderr to users)."""
+    log.setup(ident)
+    args = list(sys.argv[1:] if argv is None else argv)
+    log.info(f"start {' '.join(args)}")
+    try:
+        out = action(args)
+    except DriverError as exc:
+        log.error(f"failed: {exc}")
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line for the operator, details in syslog
+        import traceback
+
+        log.error("internal error: " + traceback.format_exc().replace("\n", " | "))
+        sys.stderr.write(f"internal error in {ident}: {type(exc).__name__}: {exc}\n")
+        return 70
+    if out:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        sys.stdout.flush()
+    log.info("done")
+    return 0
