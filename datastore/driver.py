@@ -1,0 +1,110 @@
+"""What every storage action needs, built once per action: configuration (file plus the
+datastore's own attributes), the backend, object names, oned, hosts and locks.
+
+Per-volume locks only: oned runs up to 15 actions at once, and two actions on
+different volumes never wait for each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from lxml import etree
+
+from onelib import xmldoc
+from onelib.config import Config
+from onelib.errors import DriverError
+from onelib.hostcmd import Host
+from onelib.oned import Oned
+
+from .backend import Backend, HostRef
+from .backends import backend_class
+from .naming import Names
+
+LOCK_DIR = "/var/lock/one-tweaks"
+
+
+class Driver:
+    def __init__(self, driver: str, datastore: etree._Element | None = None, *, oned: Oned | None = None,
+                 config: Config | None = None, backend: Backend | None = None) -> None:
+        self.driver = driver
+        self.datastore = datastore
+        base = config or Config.load()
+        attrs = xmldoc.template_attrs(datastore.find("TEMPLATE")) if datastore is not None else {}
+        self.config = base.overlay(attrs)
+        self.names = Names(px=self.config.get("ONE_PX") or "one")
+        self._oned = oned
+        self._backend = backend
+        self._hosts: dict[str, HostRef] = {}
+
+    # --- collaborators (created on first use) --------------------------------------------------
+    @property
+    def oned(self) -> Oned:
+        if self._oned is None:
+            self._oned = Oned(timeout=float(self.config.integer("API_TIMEOUT") or 30))
+        return self._oned
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            cls = backend_class(self.driver)
+            self._backend = cls.from_config(self.config)  # type: ignore[attr-defined]
+        return self._backend
+
+    @property
+    def ds_id(self) -> int:
+        return xmldoc.integer(self.datastore, "ID", "datastore")
+
+    def placement(self, ds_id: int | None = None) -> str:
+        """The datastore's StorPool template (addon-storpool: ``<ONE_PX>-ds-<ID>``)."""
+        explicit = self.config.get("SP_TEMPLATE")
+        return explicit or self.names.template(self.ds_id if ds_id is None else ds_id)
+
+    def shell(self, host: str) -> Host:
+        ssh = shlex.split(self.config.get("SSH_COMMAND") or "ssh")
+        return Host(host, ssh=ssh, timeout=float(self.config.integer("HOST_TIMEOUT") or 600))
+
+    def bridge(self) -> str:
+        """The host that stages image data: the first BRIDGE_LIST host, else the front-end."""
+        hosts = self.config.get("BRIDGE_LIST").split()
+        return hosts[0] if hosts else ""
+
+    def host(self, name: str) -> HostRef:
+        """Where volumes attach for OpenNebula host ``name``: its client id (host attribute
+        SP_OURID, else the host's section of storpool.conf) and its device directory."""
+        cached = self._hosts.get(name)
+        if cached is not None:
+            return cached
+        attrs: dict[str, str] = {}
+        if name:
+            doc = self.oned.host_by_name(name)
+            if doc is not None:
+                attrs = xmldoc.template_attrs(doc.find("TEMPLATE"))
+        client = attrs.get("SP_OURID", "")
+        if not client:
+            from .backends.storpool_api import read_storpool_conf
+
+            client = read_storpool_conf(self.config.get("SP_STORPOOL_CONF"), name or None).get("SP_OURID", "")
+        if not client.isdigit():
+            where = f"host {name}" if name else "the front-end"
+            raise DriverError(f"no StorPool client id (SP_OURID) for {where}: set it in the host's template")
+        device_dir = attrs.get("SP_DEVICE_DIR") or self.config.get("SP_DEVICE_DIR") or "/dev/storpool"
+        ref = HostRef(name=name, client=client, device_dir=device_dir)
+        self._hosts[name] = ref
+        return ref
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock on one volume name, held for the block."""
+        directory = self.config.get("LOCK_DIR") or LOCK_DIR
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, f"{name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
