@@ -15,5 +15,9 @@ class NotFound(DriverError):
     """The object a request names does not exist."""
 
 
+class Conflict(DriverError):
+    """The object to be made already exists."""
+
+
 class Transient(DriverError):
     """A failure worth retrying (timeouts, busy, connection refused)."""

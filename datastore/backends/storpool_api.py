@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from onelib.errors import DriverError, NotFound, Transient
+from onelib.errors import Conflict, DriverError, NotFound, Transient
 
 API_PREFIX = "/ctrl/1.0/"
 
@@ -32,6 +32,10 @@ class StorPoolError(DriverError):
 
 
 class ObjectMissing(StorPoolError, NotFound):
+    pass
+
+
+class ObjectExists(StorPoolError, Conflict):
     pass
 
 
@@ -140,7 +144,7 @@ class Api:
             name = str(err.get("name", "error"))
             descr = str(err.get("descr", ""))
             transient = bool(err.get("transient", False))
-            cls = ObjectMissing if name == "objectDoesNotExist" else StorPoolError
+            cls = {"objectDoesNotExist": ObjectMissing, "objectExists": ObjectExists}.get(name, StorPoolError)
             return cls(call, name, descr, transient)
         if status >= 400:
             return StorPoolError(call, "httpError", f"HTTP {status}", status >= 500)

@@ -1,0 +1,23 @@
+"""CLONE ``fe:SOURCE host:.../disk.N vmid image_dsid``: a non-persistent disk.
+
+A new volume ``<px>-img-<IMG>-<VM>-<DISK>`` with the image's content, grown to the
+disk's size, in the image datastore's template; attached to the host; ``disk.N``
+linked to it. Backend calls: create (1) + attach (1).
+"""
+
+from __future__ import annotations
+
+from ..common import MIB, disk_path, driver_for, ds_id_arg, vm_disk, vm_id_arg
+from ..entry import TmRequest
+from ..provision import provision
+
+
+def run(req: TmRequest) -> None:
+    source = req.arg(0, "source")
+    dst = disk_path(req.arg(1, "destination"))
+    vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
+    drv = driver_for(req.driver, ds_id)
+    disk = vm_disk(drv.oned.vm(vm_id), dst.disk_id)
+    mode = "attach" if disk.persistent else "clone"
+    provision(drv, disk, dst, vm_id, placement=drv.placement(ds_id), size=disk.size_mb * MIB, mode=mode,
+              source=source)

@@ -1,0 +1,142 @@
+"""What TM actions share: the disk a transfer line names, the volume behind it, and the
+``disk.N`` link on the host.
+
+oned passes only paths and ids; everything else (sizes, image ids, persistence, the
+disk's kind) comes from the VM document, fetched once per action through oned's API.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from lxml import etree
+
+from datastore.backend import HostRef
+from datastore.driver import Driver
+from datastore.naming import (
+    TYPE_CDROM,
+    TYPE_CONTEXT,
+    TYPE_NONPERSISTENT,
+    TYPE_NONPERSISTENT_RO,
+    TYPE_PERSISTENT,
+    Names,
+)
+from onelib import xmldoc
+from onelib.errors import DriverError
+from onelib.hostcmd import Host
+from onelib.paths import disk_id, split_host_path
+from tweaks.record import record
+
+MIB = 1024 * 1024
+
+
+@record
+class DiskPath:
+    """``node1:/var/lib/one//datastores/101/42/disk.0`` taken apart."""
+
+    host: str
+    path: str
+    vm_dir: str
+    disk_id: int
+
+
+def disk_path(arg: str, what: str = "disk") -> DiskPath:
+    host, path = split_host_path(arg, what)
+    return DiskPath(host=host, path=path, vm_dir=posixpath.dirname(path), disk_id=disk_id(path))
+
+
+@record
+class VmDisk:
+    """One DISK of the VM document (or the context CD-ROM), as the drivers need it."""
+
+    disk_id: int
+    kind: str            # image | volatile | cdrom | context
+    image_id: int | None
+    source: str
+    size_mb: int
+    persistent: bool
+    readonly: bool
+    swap: bool
+    fs: str
+    tm_mad: str
+    datastore_id: int | None
+
+    def volume(self, names: Names, vm_id: int) -> str:
+        """The backend volume holding this disk (addon-storpool's names)."""
+        if self.kind == "context":
+            return names.context(vm_id, self.disk_id)
+        if self.kind == "volatile":
+            return names.volatile(vm_id, self.disk_id, swap=self.swap)
+        if self.image_id is None:
+            raise DriverError(f"disk {self.disk_id} has no IMAGE_ID")
+        if self.persistent:
+            return names.image(self.image_id)
+        return names.clone(self.image_id, vm_id, self.disk_id)
+
+    @property
+    def type_tag(self) -> str:
+        if self.kind == "context":
+            return TYPE_CONTEXT
+        if self.kind == "cdrom":
+            return TYPE_CDROM
+        if self.persistent:
+            return TYPE_PERSISTENT
+        return TYPE_NONPERSISTENT_RO if self.readonly else TYPE_NONPERSISTENT
+
+
+def vm_disk(vm: etree._Element, wanted: int) -> VmDisk:
+    """DISK ``wanted`` of the VM document; the context CD-ROM if it is CONTEXT/DISK_ID."""
+    template = vm.find("TEMPLATE")
+    for disk in template.iterfind("DISK") if template is not None else ():
+        if xmldoc.text(disk, "DISK_ID") != str(wanted):
+            continue
+        kind_raw = xmldoc.text(disk, "TYPE").upper()
+        kind = "volatile" if kind_raw in ("FS", "SWAP") else "cdrom" if kind_raw == "CDROM" else "image"
+        image_id = xmldoc.text(disk, "IMAGE_ID")
+        ds_id = xmldoc.text(disk, "DATASTORE_ID")
+        clone = xmldoc.text(disk, "CLONE").upper()
+        persistent = xmldoc.text(disk, "PERSISTENT").upper() == "YES" or (kind == "image" and clone == "NO")
+        return VmDisk(
+            disk_id=wanted, kind=kind, image_id=int(image_id) if image_id.isdigit() else None,
+            source=xmldoc.text(disk, "SOURCE"), size_mb=xmldoc.integer(disk, "SIZE", "disk", default=0),
+            persistent=persistent, readonly=xmldoc.text(disk, "READONLY").upper() == "YES",
+            swap=kind_raw == "SWAP", fs=xmldoc.text(disk, "FS"), tm_mad=xmldoc.text(disk, "TM_MAD"),
+            datastore_id=int(ds_id) if ds_id.isdigit() else None,
+        )
+    if template is not None and xmldoc.text(template, "CONTEXT/DISK_ID") == str(wanted):
+        return VmDisk(disk_id=wanted, kind="context", image_id=None, source="", size_mb=0, persistent=False,
+                      readonly=True, swap=False, fs="", tm_mad="", datastore_id=None)
+    raise DriverError(f"the VM has no disk {wanted}")
+
+
+def vm_id_arg(raw: str) -> int:
+    if not raw.isdigit():
+        raise DriverError(f"VM id {raw!r} is not a number")
+    return int(raw)
+
+
+def ds_id_arg(raw: str) -> int:
+    if not raw.isdigit():
+        raise DriverError(f"datastore id {raw!r} is not a number")
+    return int(raw)
+
+
+def driver_for(request_driver: str, ds_id: int) -> Driver:
+    """A Driver configured with datastore ``ds_id``'s attributes (one oned call)."""
+    probe = Driver(request_driver)
+    ds = probe.oned.datastore(ds_id)
+    return Driver(request_driver, ds, oned=probe.oned, config=probe.config)
+
+
+def link(shell: Host, path: str, device: str) -> None:
+    """Make ``path`` (a VM's ``disk.N``) a symlink to ``device`` on the host."""
+    shell.run(["mkdir", "-p", posixpath.dirname(path)])
+    shell.run(["ln", "-sfn", device, path])
+
+
+def unlink(shell: Host, path: str) -> None:
+    shell.run(["rm", "-f", path])
+
+
+def host_ref(driver: Driver, host: str) -> HostRef:
+    return driver.host(host)

@@ -1,0 +1,78 @@
+"""Making a VM disk available on a host: the shared core of clone, ln, mkimage and mkswap.
+
+Re-runnable: if a crash left the volume behind, a second run finds it (tagged for this
+VM and disk) and carries on; a volume of that name that belongs to something else is
+never touched. A failure after this run created the volume deletes it again.
+"""
+
+from __future__ import annotations
+
+import re
+
+from datastore.driver import Driver
+from datastore.naming import tags
+from onelib.errors import Conflict, DriverError
+from onelib.hostcmd import Host
+
+from .common import DiskPath, VmDisk, link
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+MKFS = {"ext2": ["mkfs.ext2", "-F", "-q"], "ext3": ["mkfs.ext3", "-F", "-q"], "ext4": ["mkfs.ext4", "-F", "-q"],
+        "xfs": ["mkfs.xfs", "-f", "-q"], "vfat": ["mkfs.vfat"], "btrfs": ["mkfs.btrfs", "-f", "-q"]}
+
+
+def volume_name(raw: str) -> str:
+    name = raw.rpartition(":")[2] if ":" in raw else raw
+    if not _NAME.fullmatch(name):
+        raise DriverError(f"volume name {raw!r} is not acceptable")
+    return name
+
+
+def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement: str, size: int,
+              mode: str, source: str = "") -> str:
+    """``mode``: "clone" (from ``source``), "create" (empty; mkfs/mkswap as the disk says) or
+    "attach" (an existing volume). Returns the device path linked as ``disk.N``."""
+    backend = drv.backend
+    name = disk.volume(drv.names, vm_id)
+    host = drv.host(dst.host)
+    shell = drv.shell(dst.host)
+    readonly = disk.readonly or disk.kind in ("cdrom", "context")
+    with drv.lock(name):
+        created = False
+        if mode in ("clone", "create"):
+            wanted_tags = tags(drv.names, vm_id=vm_id, kind=disk.type_tag, disk_id=disk.disk_id)
+            try:
+                if mode == "clone":
+                    backend.clone(volume_name(source), name, placement=placement, tags=wanted_tags,
+                                  size=size or None, from_snapshot=False)
+                else:
+                    backend.create(name, size, placement=placement, tags=wanted_tags)
+                created = True
+            except Conflict:
+                _check_ours(drv, name, vm_id, disk.disk_id)
+        try:
+            device = backend.attach(name, host, readonly=readonly)
+            if mode == "create" and created:
+                _format(shell, device, disk)
+            link(shell, dst.path, device)
+        except BaseException:
+            if created:
+                backend.delete(name)
+            raise
+    return device
+
+
+def _check_ours(drv: Driver, name: str, vm_id: int, disk_id: int) -> None:
+    found = drv.backend.get(name)
+    if found is None or found.tags.get("nvm") != str(vm_id) or found.tags.get("diskid") != str(disk_id):
+        raise DriverError(f"volume {name} already exists and is not this VM's disk {disk_id}")
+
+
+def _format(shell: Host, device: str, disk: VmDisk) -> None:
+    if disk.swap:
+        shell.run(["mkswap", "-f", device])
+    elif disk.fs:
+        command = MKFS.get(disk.fs.lower())
+        if command is None:
+            raise DriverError(f"file system {disk.fs!r} is not supported (use {', '.join(MKFS)})")
+        shell.run([*command, device])
