@@ -551,19 +551,38 @@ def test_disk_serial_fuzz(assert_valid, value):
 
 # --- ioeventfd -----------------------------------------------------------------------------------
 
+def _without_iothreads() -> bytes:
+    root = _domain()
+    root.remove(root.find("iothreads"))
+    for drv in root.iterfind("devices/*/driver[@iothread]"):
+        del drv.attrib["iothread"]
+    return etree.tostring(root)
+
+
 @pytest.mark.parametrize("value, state", [("yes", "on"), ("ON", "on"), ("1", "on"), ("no", "off"), ("False", "off")])
 def test_ioeventfd_on_virtio_disks_and_scsi_controllers(value, state, assert_valid):
     vm = vm_xml({"T_IOEVENTFD": value})
-    outcome = apply(deployment(), vm)
+    outcome = apply(_without_iothreads(), vm)
     root = outcome.tree.getroot()
     assert disk_of(root, "vda").find("driver").get("ioeventfd") == state
     assert disk_of(root, "vdb").find("driver").get("ioeventfd") == state
     assert disk_of(root, "sda").find("driver").get("ioeventfd") is None  # scsi disk: the controller's
     assert disk_of(root, "hda").find("driver").get("ioeventfd") is None
     assert dict(root.find("devices/controller[@model='virtio-scsi']/driver").attrib) == {
-        "queues": "4", "iothread": "1", "ioeventfd": state}
+        "queues": "4", "ioeventfd": state}
     assert_valid(outcome.tree)
     assert_idempotent(outcome, vm)
+
+
+def test_ioeventfd_off_spares_devices_with_an_iothread(assert_valid):
+    # qemu refuses ioeventfd=off on a device an iothread serves ("ioeventfd is required for iothread")
+    outcome = apply(deployment(), vm_xml({"T_IOEVENTFD": "no"}))
+    assert b"ioeventfd" not in out_bytes(outcome)
+    assert status(outcome, "ioeventfd") == UNCHANGED
+    result = next(r for r in outcome.report.results if r.name == "ioeventfd")
+    assert "3 device(s) with an iothread keep ioeventfd on" in result.reason
+    on = apply(deployment(), vm_xml({"T_IOEVENTFD": "yes"}))
+    assert disk_of(on.tree.getroot(), "vda").find("driver").get("ioeventfd") == "on"
 
 
 def test_ioeventfd_creates_missing_drivers(assert_valid):
@@ -593,7 +612,8 @@ def test_ioeventfd_fuzz(assert_valid, value):
     assert_valid(outcome.tree)
     word = value.strip().lower()
     if word in TRUE_WORDS or word in FALSE_WORDS:
-        assert status(outcome, "ioeventfd") == APPLIED
+        # off leaves the fixture's iothread-served devices alone
+        assert status(outcome, "ioeventfd") == (APPLIED if word in TRUE_WORDS else UNCHANGED)
         return
     assert_skipped_with_warning(outcome, "ioeventfd", "T_IOEVENTFD")
     assert b"ioeventfd" not in out_bytes(outcome)

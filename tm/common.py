@@ -140,3 +140,25 @@ def unlink(shell: Host, path: str) -> None:
 
 def host_ref(driver: Driver, host: str) -> HostRef:
     return driver.host(host)
+
+
+def vm_volumes(drv: Driver, vm: etree._Element, vm_id: int) -> list[tuple[VmDisk, str]]:
+    """Every disk of the VM this driver keeps (its DISK TM_MAD, or the system datastore's
+    for volatile disks and the context CD-ROM), with its volume name."""
+    template = vm.find("TEMPLATE")
+    history = vm.findall("HISTORY_RECORDS/HISTORY")
+    system_tm = xmldoc.text(history[-1], "TM_MAD") if history else ""
+    ids: list[int] = []
+    for disk in template.iterfind("DISK") if template is not None else ():
+        raw = xmldoc.text(disk, "DISK_ID")
+        if raw.isdigit():
+            ids.append(int(raw))
+    context = xmldoc.text(template, "CONTEXT/DISK_ID")
+    if context.isdigit():
+        ids.append(int(context))
+    out = []
+    for wanted in ids:
+        found = vm_disk(vm, wanted)
+        if (found.tm_mad or system_tm) == drv.driver:
+            out.append((found, found.volume(drv.names, vm_id)))
+    return out

@@ -4,6 +4,9 @@ T_IOEVENTFD=yes sets ``on``, ``no`` sets ``off`` (the VM's explicit choice; qemu
 default under KVM is on). From addon-storpool's legacy vmTweakHypervEnlightenments.py
 ``--ioeventfd`` (``vd*`` disks and virtio-scsi controllers); no current add-on tweak.
 Rule: rules.d/55-ioeventfd.yaml, idle without the attribute.
+
+qemu refuses ``ioeventfd=off`` on a device served by an iothread ("ioeventfd is required
+for iothread"), so ``off`` leaves such devices alone and says so.
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ class IOEventFD(Tweak):
 
     def apply(self, ctx: Context) -> None:
         value = "on" if ctx.params["ioeventfd"] else "off"
+        devices = []
         if ctx.params["disks"]:
-            for disk in virtio_disks(ctx.root):
-                ctx.editor.set_attr(driver(ctx.editor, disk), "ioeventfd", value)
+            devices.extend(virtio_disks(ctx.root))
         if ctx.params["controllers"]:
-            for controller in virtio_scsi_controllers(ctx.root):
-                ctx.editor.set_attr(driver(ctx.editor, controller, qemu=False), "ioeventfd", value)
+            devices.extend(virtio_scsi_controllers(ctx.root))
+        kept = 0
+        for device in devices:
+            current = device.find("driver")
+            if value == "off" and current is not None and current.get("iothread"):
+                kept += 1
+                continue
+            ctx.editor.set_attr(driver(ctx.editor, device, qemu=device.tag == "disk"), "ioeventfd", value)
+        if kept:
+            ctx.note(f"{kept} device(s) with an iothread keep ioeventfd on (qemu requires it)")
 
 
 TWEAK = IOEventFD()

@@ -20,7 +20,9 @@ for it (a bug), here the rule's default and the VM attribute both apply.
 ``max`` (the add-on's MAX_CDROM_DEVICES, default 4) is the operator's cap: a larger
 count skips the rule. When fewer targets are free than needed, the free ones are used.
 Note: the add-on counted all CD-ROM drives (context and image ones too) against the
-count; here only empty drives count.
+count; here only empty drives count. libvirt 9.0 stores an empty ``type='block'`` drive
+as ``type='file'``, so inserting a block device into it needs ``virsh change-media
+--block`` whatever the drive type was (the CD-ROM attach script passes it).
 """
 
 from __future__ import annotations
