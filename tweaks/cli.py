@@ -14,7 +14,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import TweakError
 
@@ -29,8 +29,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"one-tweaks: {message} (see one-tweaks --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="one-tweaks", description="Rule-driven tweaks of OpenNebula's libvirt domain XML.")
+def _parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    p = _Parser(prog="one-tweaks", description="Rule-driven tweaks of OpenNebula's libvirt domain XML.",
+                epilog="more commands: " + ", ".join(plugins) if plugins else None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     rules_help = "extra rules directory, applied after the shipped ones and /etc/one/tweaks.d (repeatable)"
 
@@ -180,13 +181,57 @@ def catalogue_markdown() -> str:
 COMMANDS = {"apply": cmd_apply, "check": cmd_check, "schema": cmd_schema, "list": cmd_list}
 
 
+PLUGIN_GROUP = "one_tweaks.commands"
+
+
+def _plugin(name: str) -> Callable[[list[str]], int] | None:
+    """A command another part of the product registers (entry point group
+    ``one_tweaks.commands``), e.g. the storage drivers' ``trash``: the engine itself never
+    imports storage code, and ``apply`` never pays for the lookup."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name == name:
+            loaded: Callable[[list[str]], int] = ep.load()
+            return loaded
+    return None
+
+
+def plugin_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted(ep.name for ep in entry_points(group=PLUGIN_GROUP))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
+        plugin = _plugin(args_list[0])
+        if plugin is not None:
+            return _guarded(lambda: plugin(args_list[1:]))
+    helping = not args_list or args_list[0] in ("-h", "--help")
+    args = _parser(plugin_names() if helping else ()).parse_args(args_list)
     try:
         return COMMANDS[args.command](args)
     except TweakError as exc:
         _stderr(str(exc))
         return EXIT_PROBLEMS if args.command == "check" else EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        return 130
+    except Exception as exc:  # last resort: one line, never a traceback
+        _stderr(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+
+
+def _guarded(call: Callable[[], int]) -> int:
+    try:
+        return call()
+    except TweakError as exc:
+        _stderr(str(exc))
+        return EXIT_PROBLEMS
     except BrokenPipeError:
         return EXIT_OK
     except KeyboardInterrupt:

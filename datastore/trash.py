@@ -1,0 +1,106 @@
+"""``one-tweaks trash``: disks waiting for delayed deletion, and getting one back.
+
+A deleted non-persistent disk (TM delete) is first kept as a snapshot
+``<volume>-DELETED-<time>`` tagged ``trash=<volume>`` that the backend removes itself
+after DELAY_DELETE. ``trash list`` shows them; ``trash restore SNAPSHOT --datastore ID``
+registers a new image in that image datastore whose volume is a copy of the snapshot.
+
+    one-tweaks trash list [--datastore ID] [--json]
+    one-tweaks trash restore SNAPSHOT --datastore ID [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from onelib.errors import DriverError
+
+from .backend import Volume
+from .driver import Driver
+
+MIB = 1024 * 1024
+
+
+def _driver(ds_id: int | None, driver: str) -> Driver:
+    base = Driver(driver)
+    if ds_id is None:
+        return base
+    return Driver(driver, base.oned.datastore(ds_id), oned=base.oned, config=base.config)
+
+
+def trashed(drv: Driver) -> list[Volume]:
+    return sorted((s for s in drv.backend.snapshots()
+                   if s.tags.get("trash") and s.tags.get("nloc", drv.names.px) == drv.names.px),
+                  key=lambda s: s.name)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    drv = _driver(args.datastore, args.driver)
+    items = trashed(drv)
+    if args.json:
+        print(json.dumps([{"snapshot": s.name, "volume": s.tags["trash"], "vm": s.tags.get("nvm", ""),
+                           "disk": s.tags.get("diskid", ""), "size_mb": s.size // MIB,
+                           "expires_in_s": s.delete_after} for s in items], indent=2))
+        return 0
+    if not items:
+        print("no deleted disks are waiting")
+        return 0
+    print(f"{'SNAPSHOT':48} {'VM':>6} {'DISK':>4} {'SIZE_MB':>9}  EXPIRES_IN")
+    for s in items:
+        left = f"{s.delete_after // 3600}h{s.delete_after % 3600 // 60:02d}m" if s.delete_after else "-"
+        print(f"{s.name:48} {s.tags.get('nvm', ''):>6} {s.tags.get('diskid', ''):>4} {s.size // MIB:>9}  {left}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    drv = _driver(args.datastore, args.driver)
+    snap = drv.backend.get(args.snapshot)
+    if snap is None or not snap.snapshot or not snap.tags.get("trash"):
+        raise DriverError(f"{args.snapshot} is not a deleted disk waiting in the trash (see: one-tweaks trash list)")
+    source = f"{drv.names.px}-img-restored-{int(time.time())}"
+    name = args.name or f"restored {snap.tags['trash']}"
+    template = (f'NAME="{_quote(name)}"\nSOURCE="{source}"\nSIZE="{max(snap.size // MIB, 1)}"\n'
+                f'FORMAT="raw"\nTYPE="DATABLOCK"\nPERSISTENT="NO"\n'
+                f'DESCRIPTION="restored from {snap.name}"\n')
+    with drv.lock(source):
+        drv.backend.clone(snap.name, source, placement=drv.placement(), from_snapshot=True,
+                          tags={"virt": "one", "nloc": drv.names.px, "type": "PERS"})
+        try:
+            image_id = drv.oned.image_allocate(template, drv.ds_id)
+        except BaseException:
+            drv.backend.delete(source)
+            raise
+    print(f"image {image_id} ({name}) restored from {snap.name} as volume {source}")
+    return 0
+
+
+def _quote(text: str) -> str:
+    if any(c in text for c in '"\\\n\r'):
+        raise DriverError("image name must not contain quotes, backslashes or newlines")
+    return text
+
+
+def main(argv: Sequence[str]) -> int:
+    from onelib import log
+
+    log.setup("one-tweaks-trash")
+    p = argparse.ArgumentParser(prog="one-tweaks trash", description="disks waiting for delayed deletion")
+    p.add_argument("--driver", default="storpool", help="storage driver (default storpool)")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list deleted disks that can still be restored")
+    ls.add_argument("--datastore", type=int, help="use this datastore's connection settings")
+    ls.add_argument("--json", action="store_true")
+    rs = sub.add_parser("restore", help="register a deleted disk as a new image")
+    rs.add_argument("snapshot", help="the snapshot name that `trash list` shows")
+    rs.add_argument("--datastore", type=int, required=True, help="image datastore for the new image")
+    rs.add_argument("--name", help="the new image's name")
+    args = p.parse_args(list(argv))
+    try:
+        return cmd_list(args) if args.command == "list" else cmd_restore(args)
+    except DriverError as exc:
+        sys.stderr.write(f"one-tweaks trash: {exc}\n")
+        return 1
