@@ -105,8 +105,9 @@ class Oned:
         return self._doc("one.hostpool.info")
 
     def vms(self, state: int = -1) -> etree._Element:
-        """Every VM (all users, all states but DONE unless ``state`` says otherwise)."""
-        return self._doc("one.vmpool.info", -2, -1, -1, state)
+        """Every VM with its whole template (all users; all states but DONE unless ``state``
+        says otherwise). The short ``one.vmpool.info`` body leaves disks out."""
+        return self._doc("one.vmpool.infoextended", -2, -1, -1, state)
 
     def images(self) -> etree._Element:
         return self._doc("one.imagepool.info", -2, -1, -1)

@@ -1,0 +1,81 @@
+"""MONITOR of a system datastore (``tm/<driver>/monitor <ds_id>``, called like a DS action:
+base64 DS_DRIVER_ACTION_DATA with DATASTORE, DATASTORE_LOCATION and MONITOR_VM_DISKS).
+
+Prints the template's USED_MB/TOTAL_MB/FREE_MB and, when oned asks for VM disks, one
+``VM = [ ID = n, MONITOR = "<base64>" ]`` line per VM with DISK_SIZE and SNAPSHOT_SIZE
+(MB actually stored), the way OpenNebula 6.10/7.x read a shared system datastore's
+monitor. A constant number of calls however many volumes exist: template status,
+volume space and snapshot space (3 backend calls) and the VM pool (1 oned call).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from datastore.backend import Usage
+from datastore.driver import Driver
+from datastore.entry import parse_request
+from onelib import xmldoc
+from onelib.errors import NotFound
+
+from ..entry import TmRequest
+
+MIB = 1024 * 1024
+
+
+def run(req: TmRequest) -> str:
+    request = parse_request(req.driver, "monitor", req.args, req.stdin)
+    drv = Driver(req.driver, request.datastore)
+    try:
+        cap = drv.backend.capacity(drv.placement())
+        lines = [f"USED_MB={cap.used // MIB}", f"TOTAL_MB={cap.total // MIB}", f"FREE_MB={cap.free // MIB}"]
+    except NotFound:
+        lines = ["USED_MB=0", "TOTAL_MB=0", "FREE_MB=0"]
+    if xmldoc.text(request.root, "MONITOR_VM_DISKS") == "1":
+        lines += vm_lines(drv, drv.backend.usage())
+    return "\n".join(lines)
+
+
+def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
+    px = re.escape(drv.names.px)
+    clone = re.compile(rf"{px}-img-\d+-(\d+)-(\d+)")
+    system = re.compile(rf"{px}-sys-(\d+)-(\d+)-(?:raw|swap)")
+    image = re.compile(rf"{px}-img-(\d+)")
+    snap = re.compile(r"(.+)-snap(\d+)")
+    persistent: dict[str, tuple[int, int]] = {}
+    for vm in drv.oned.vms().iterfind("VM"):
+        vm_id = xmldoc.text(vm, "ID")
+        for disk in vm.iterfind("TEMPLATE/DISK"):
+            if xmldoc.text(disk, "PERSISTENT").upper() == "YES" and vm_id.isdigit():
+                source = xmldoc.text(disk, "SOURCE")
+                disk_id = xmldoc.text(disk, "DISK_ID")
+                if source and disk_id.isdigit():
+                    persistent[source] = (int(vm_id), int(disk_id))
+
+    def owner(volume: str) -> tuple[int, int] | None:
+        for pattern in (clone, system):
+            match = pattern.fullmatch(volume)
+            if match:
+                return int(match.group(1)), int(match.group(2))
+        if image.fullmatch(volume):
+            return persistent.get(volume)
+        return None
+
+    disks: dict[int, list[str]] = {}
+    for name, use in sorted(usage.items()):
+        match = snap.fullmatch(name)
+        if match:
+            found = owner(match.group(1))
+            if found:
+                disks.setdefault(found[0], []).append(
+                    f"SNAPSHOT_SIZE=[ID={match.group(2)},DISK_ID={found[1]},SIZE={-(-use.stored // MIB)}]")
+            continue
+        found = owner(name)
+        if found:
+            disks.setdefault(found[0], []).append(f"DISK_SIZE=[ID={found[1]},SIZE={-(-use.stored // MIB)}]")
+    out = []
+    for owner_vm, items in sorted(disks.items()):
+        payload = base64.b64encode("\n".join(items).encode()).decode()
+        out.append(f'VM = [ ID = {owner_vm}, MONITOR = "{payload}" ]')
+    return out
