@@ -1,0 +1,144 @@
+"""CONTEXT ``context.sh [FILE[:NAME]...] host:.../disk.N vmid sys_dsid``: the context ISO
+on a block volume ``<px>-sys-<VM>-<DISK>-iso``.
+
+The ISO is built on the front-end (genisoimage, volume label CONTEXT, as OpenNebula does),
+written into the volume through the host it is attached to, and linked as ``disk.N``.
+oned runs this again for restore, NIC hot-plug and updateconf: the same volume is
+rewritten (grown first if the ISO outgrew it).
+
+UEFI VMs whose NVRAM lives on a volume (``T_OS_NVRAM=storpool...``, the os_nvram tweak)
+also get ``<px>-sys-<VM>-NVRAM`` here, once: 1 MiB with the firmware's VARS template at
+its end (how OVMF finds it on a larger device); an existing NVRAM is never overwritten.
+It is deleted with the VM (TM delete of the VM directory).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import subprocess
+import tempfile
+
+from lxml import etree
+
+from datastore.driver import Driver
+from datastore.naming import TYPE_CONTEXT, TYPE_NVRAM, tags
+from onelib import xmldoc
+from onelib.errors import Conflict, DriverError
+from onelib.paths import clean_path
+
+from ..common import MIB, DiskPath, disk_path, driver_for, ds_id_arg, link, vm_id_arg
+from ..entry import TmRequest
+
+NVRAM_SIZE = MIB
+DEFAULT_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+ISO_TOOLS = ("genisoimage", "mkisofs", "xorrisofs")
+
+
+def run(req: TmRequest) -> None:
+    if len(req.args) < 4:
+        raise DriverError("context: expected context.sh [files...] host:path vmid dsid")
+    dst = disk_path(req.args[-3])
+    vm_id, ds_id = vm_id_arg(req.args[-2]), ds_id_arg(req.args[-1])
+    files = req.args[:-3]
+    drv = driver_for(req.driver, ds_id)
+    vm = drv.oned.vm(vm_id)
+    with tempfile.TemporaryDirectory(prefix="one-context-") as tmp:
+        iso = build_iso(files, tmp)
+        write_context(drv, dst, vm_id, ds_id, iso)
+    if xmldoc.text(vm, "USER_TEMPLATE/T_OS_NVRAM").lower().startswith("storpool"):
+        ensure_nvram(drv, dst, vm, vm_id, ds_id)
+
+
+def build_iso(files: list[str], tmp: str) -> str:
+    stage = os.path.join(tmp, "iso")
+    os.mkdir(stage)
+    for spec in files:
+        path, _, name = spec.partition(":")
+        path = clean_path(path, "context file")
+        name = name or os.path.basename(path)
+        if not name or "/" in name or name in (".", ".."):
+            raise DriverError(f"context file name {name!r} is not acceptable")
+        if not os.path.isfile(path):
+            raise DriverError(f"context file {path} does not exist")
+        shutil.copyfile(path, os.path.join(stage, name))
+    tool = next((t for t in ISO_TOOLS if shutil.which(t)), None)
+    if tool is None:
+        raise DriverError("no ISO tool on the front-end: install genisoimage")
+    iso = os.path.join(tmp, "context.iso")
+    proc = subprocess.run([tool, "-quiet", "-o", iso, "-V", "CONTEXT", "-J", "-R", stage],
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise DriverError(f"{tool} failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+    return iso
+
+
+def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) -> None:
+    name = drv.names.context(vm_id, dst.disk_id)
+    size = -(-os.path.getsize(iso) // MIB) * MIB
+    host = drv.host(dst.host)
+    shell = drv.shell(dst.host)
+    with drv.lock(name):
+        created = False
+        try:
+            drv.backend.create(name, size, placement=drv.placement(ds_id),
+                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_CONTEXT, disk_id=dst.disk_id))
+            created = True
+        except Conflict:
+            found = drv.backend.get(name)
+            if found is None or found.tags.get("nvm") != str(vm_id):
+                raise DriverError(f"volume {name} exists and is not VM {vm_id}'s context") from None
+            if found.size < size:
+                drv.backend.resize(name, size)
+        try:
+            device = drv.backend.attach(name, host)
+            with open(iso, "rb") as fh:
+                data = fh.read()
+            shell.run(["dd", f"of={device}", "bs=1M", "conv=fsync", "status=none"], input=data)
+            link(shell, dst.path, device)
+        except BaseException:
+            if created:
+                drv.backend.delete(name)
+            raise
+
+
+def ensure_nvram(drv: Driver, dst: DiskPath, vm: etree._Element, vm_id: int, ds_id: int) -> None:
+    name = drv.names.nvram(vm_id)
+    host = drv.host(dst.host)
+    template = _vars_template(drv, vm)
+    with drv.lock(name):
+        try:
+            drv.backend.create(name, NVRAM_SIZE, placement=drv.placement(ds_id),
+                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM))
+        except Conflict:
+            drv.backend.attach(name, host)  # variables already there: keep them
+            return
+        try:
+            device = drv.backend.attach(name, host)
+            shell = drv.shell(dst.host)
+            size = int(shell.output(["stat", "-L", "-c", "%s", template]).strip() or 0)
+            if not 0 < size <= NVRAM_SIZE:
+                raise DriverError(f"NVRAM template {template} has an unexpected size ({size} bytes)")
+            shell.run(["dd", f"if={template}", f"of={device}", "oflag=seek_bytes", f"seek={NVRAM_SIZE - size}",
+                       "conv=notrunc,fsync", "status=none"])
+        except BaseException:
+            drv.backend.delete(name)
+            raise
+
+
+def _vars_template(drv: Driver, vm: etree._Element) -> str:
+    """The VARS template: ``template=`` of T_OS_NVRAM if the operator allows it, else the
+    configured NVRAM_TEMPLATE_PATH (addon-storpool's variable), else OVMF's 4M VARS."""
+    configured = drv.config.get("NVRAM_TEMPLATE_PATH") or DEFAULT_VARS
+    raw = xmldoc.text(vm, "USER_TEMPLATE/T_OS_NVRAM")
+    for item in raw.partition(":")[2].split():
+        key, _, value = item.partition("=")
+        if key == "template" and value:
+            allowed = drv.config.get("NVRAM_TEMPLATES", "/usr/share/OVMF/ /usr/share/AAVMF/").split()
+            path = clean_path(value if value.startswith("/") else posixpath.join(posixpath.dirname(configured),
+                                                                                  value), "NVRAM template")
+            if not any(path == a or (a.endswith("/") and path.startswith(a)) for a in allowed):
+                raise DriverError(f"NVRAM template {path} is not in NVRAM_TEMPLATES")
+            return path
+    return configured
