@@ -6,6 +6,10 @@ the one cpu_model switches to); otherwise the tweak leaves the domain alone and 
 Names are libvirt's CPU-map vendors (matched case-insensitively) and must suit the
 domain's architecture: Intel/AMD/Hygon on x86, the ARM vendors on aarch64, IBM or
 Freescale on ppc64.
+
+libvirt's ``<vendor>`` restricts which hosts the VM may start on (checked with
+``check='partial'`` or ``'full'``; ignored with ``'none'``); it does not change the vendor
+the guest sees.
 """
 
 from __future__ import annotations

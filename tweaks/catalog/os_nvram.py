@@ -5,8 +5,10 @@ WHERE (addon-storpool's ``storpool|file`` row, without its bugs):
 - ``storpool``: the storage driver's NVRAM volume. The device path comes from the
   operator's ``device`` template (default ``/dev/storpool/{px}-sys-{vm_id}-NVRAM``, the
   addon-storpool name; ``px`` default ``one`` = its ONE_PX). Result
-  ``<nvram type='block'><source dev='DEV'/></nvram>`` (libvirt >= 8.5), or with
-  ``type=file`` the older ``<nvram>DEV</nvram>`` form the add-on wrote for older libvirt.
+  ``<nvram type='block'><source dev='DEV'/></nvram>`` (libvirt >= 8.5). The add-on's
+  older ``<nvram>DEV</nvram>`` form (``type=file``) is refused: libvirt 9.0 opens it with
+  qemu's ``file`` driver, which rejects a device ("requires a regular file"), so the VM
+  would not start.
   ``template=`` is checked but not written: libvirt 9.0 never fills a block NVRAM from a
   template (the storage driver copies it when it creates the volume), and without it
   ``virsh start --reset-nvram`` cannot replace the device node with a file.
@@ -100,6 +102,8 @@ def parse_nvram(text: str) -> NvramSpec:
     kind = values.get("type", default_kind)
     if where != VOLUME and kind != "file":
         raise ParamError(f"type=block is only for the {VOLUME} volume")
+    if where == VOLUME and kind != "block":
+        raise ParamError(f"type=file cannot hold the {VOLUME} volume (qemu opens it as a regular file)")
     return NvramSpec(where, kind, values.get("template"))
 
 
