@@ -33,6 +33,7 @@ DEFAULTS: dict[str, str] = {
     "API_RETRIES": "5",
     "SSH_COMMAND": "ssh",
     "STAGING_DIR": "/var/tmp",
+    "BRIDGE_LIST": "",
     "REMOTE_BACKUP_DELETE": "",
     "CHECKPOINT_MARGIN": "1.1",
 }

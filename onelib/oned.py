@@ -7,9 +7,11 @@ Endpoint: ``$ONE_XMLRPC``, else the first line of ``~/.one/one_endpoint``, else
 
 from __future__ import annotations
 
+import http.client
 import os
 import xmlrpc.client
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from lxml import etree
 
@@ -73,14 +75,18 @@ class Oned:
         self.calls += 1
         try:
             reply = getattr(self._proxy, method)(self.auth, *args)
-        except (TimeoutError, OSError, xmlrpc.client.ProtocolError) as exc:
+        except (TimeoutError, OSError, xmlrpc.client.ProtocolError, http.client.HTTPException) as exc:
             raise Transient(f"OpenNebula API at {self.url} unreachable: {exc}") from None
         except xmlrpc.client.Fault as exc:
             raise DriverError(f"OpenNebula API {method}: {exc.faultString}") from None
+        except (xmlrpc.client.ResponseError, ExpatError, ValueError) as exc:
+            raise Transient(f"OpenNebula API at {self.url} answered something that is not XML-RPC "
+                            f"({type(exc).__name__})") from None
         if not isinstance(reply, list) or not reply:
             raise DriverError(f"OpenNebula API {method}: unexpected reply")
         if not reply[0]:
             message = str(reply[1]) if len(reply) > 1 else "failed"
+            message = message.removeprefix(f"[{method}] ")  # oned already names the call
             code = reply[2] if len(reply) > 2 else 0
             error = NotFound if code == _NO_EXISTS else DriverError
             raise error(f"OpenNebula API {method}: {message}")
