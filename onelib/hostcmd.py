@@ -35,16 +35,17 @@ class Host:
     def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
             timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
         cmd = self.command(argv)
+        where = self.name or "localhost"
         try:
             proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired:
-            raise Transient(f"{self.name}: {argv[0]} timed out") from None
+            raise Transient(f"{where}: {argv[0]} timed out") from None
         except OSError as exc:
-            raise DriverError(f"{self.name}: cannot run {cmd[0]}: {exc.strerror}") from None
+            raise DriverError(f"{where}: cannot run {cmd[0]}: {exc.strerror}") from None
         if check and proc.returncode != 0:
             if not self.local and proc.returncode == 255:
                 raise Transient(f"{self.name}: ssh failed: {_last_line(proc.stderr)}")
-            raise DriverError(f"{self.name}: {' '.join(argv[:2])} failed: {_last_line(proc.stderr)}")
+            raise DriverError(f"{where}: {' '.join(argv[:2])} failed: {_last_line(proc.stderr)}")
         return proc
 
     def output(self, argv: Sequence[str], **kwargs: object) -> str:

@@ -83,7 +83,8 @@ class Api:
     def __repr__(self) -> str:
         return f"Api({self.host}:{self.port})"
 
-    def call(self, name: str, body: Mapping[str, Any] | None = None, *, method: str | None = None) -> Any:
+    def call(self, name: str, body: Mapping[str, Any] | list[Any] | None = None, *,
+             method: str | None = None) -> Any:
         """One API call (``name`` may carry a path argument, e.g. ``VolumeDelete/one-img-7``);
         returns the reply's ``data``."""
         verb = method or ("POST" if body is not None else "GET")
