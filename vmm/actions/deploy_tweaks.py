@@ -1,0 +1,117 @@
+"""``deploy-tweaks``: the local deploy override (``VM_MAD ... -l deploy=deploy-tweaks``).
+
+oned calls it on the front-end with the remote deploy's argv (local deployment file,
+host, VM id, host) and the base64 domain XML on stdin. It reads the VM document from
+oned, applies the tweak rules in-process, keeps the result next to oned's file as
+``deployment.N-tweaks`` (addon-storpool's name), writes ``vm.xml``/``ds.xml`` and the
+deployment file into the VM's directory on the host (oned's local deploy skips that),
+runs the stock remote ``vmm/kvm/deploy`` there over ssh and prints the domain UUID.
+
+A broken rule never blocks a deploy: the engine rolls it back, and what it skipped goes
+to the VM log as ``INFO: <vmid> ...`` lines (OpenNebula 7) and to syslog.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from lxml import etree
+
+from onelib import log, xmldoc
+from onelib.config import Config
+from onelib.errors import DriverError
+from onelib.hostcmd import Host
+from onelib.oned import Oned
+from onelib.paths import check_host, clean_path
+
+from ..entry import VmmRequest
+
+DEFAULT_DS_LOCATION = "/var/lib/one//datastores"
+DEFAULT_REMOTE_DIR = "/var/tmp/one"
+
+
+def run(req: VmmRequest) -> str:
+    local_file = clean_path(req.arg(0, "deployment file"), "deployment file")
+    host = check_host(req.arg(1, "host"))
+    raw_id = req.arg(2, "vm id")
+    if not raw_id.isdigit():
+        raise DriverError(f"VM id {raw_id!r} is not a number")
+    vm_id = int(raw_id)
+    config = Config.load()
+    domain_xml = _domain_xml(req, local_file)
+    oned = Oned()
+    vm = oned.vm(vm_id)
+    tweaked = tweak(domain_xml, vm, vm_id, config)
+    _write_local(local_file + "-tweaks", tweaked)
+
+    history = vm.findall("HISTORY_RECORDS/HISTORY")
+    if not history:
+        raise DriverError(f"VM {vm_id} has no history record: no system datastore to deploy into")
+    ds_id = xmldoc.integer(history[-1], "DS_ID", "VM history")
+    vm_dir = posixpath.join(_ds_location(oned, host, config), str(ds_id), str(vm_id))
+    remote_file = posixpath.join(vm_dir, posixpath.basename(local_file))
+    shell = Host(host, ssh=config.get("SSH_COMMAND", "ssh").split())
+    shell.run(["mkdir", "-p", vm_dir])
+    _put(shell, posixpath.join(vm_dir, "vm.xml"), etree.tostring(vm))
+    _put(shell, posixpath.join(vm_dir, "ds.xml"), etree.tostring(oned.datastore(ds_id)))
+    remote_dir = config.get("SCRIPTS_REMOTE_DIR") or DEFAULT_REMOTE_DIR
+    out = shell.run([posixpath.join(remote_dir, "vmm", "kvm", "deploy"), remote_file, host, str(vm_id), host],
+                    input=tweaked).stdout.decode(errors="replace").split()
+    if not out:
+        raise DriverError(f"deploy on {host} printed no domain id")
+    return out[0]
+
+
+def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config) -> bytes:
+    """The rules applied to oned's domain XML (warnings to the VM log and syslog)."""
+    from tweaks import engine, loader
+    from tweaks.errors import TweakError
+    from tweaks.validate import DomainSchema
+
+    schema = DomainSchema()
+    extra = config.get("TWEAKS_RULES_DIRS").split()
+    try:
+        domain = engine.parse_xml(domain_xml, "domain XML")
+        rules = loader.load(extra).rules
+        outcome = engine.apply_rules(domain, etree.ElementTree(vm), rules, schema=schema)
+    except TweakError as exc:
+        # A broken rule set or unreadable input must not block the deploy: deploy untouched.
+        log.vm_log(vm_id, f"deploy-tweaks: tweaks not applied: {exc}", severity="ERROR")
+        return domain_xml
+    for warning in outcome.report.warnings:
+        log.vm_log(vm_id, f"deploy-tweaks: {warning}")
+    applied = [r.name for r in outcome.report.results if r.status == "applied"]
+    if applied:
+        log.info(f"VM {vm_id}: rules applied: {', '.join(applied)}")
+    return engine.serialize(outcome.tree)
+
+
+def _domain_xml(req: VmmRequest, local_file: str) -> bytes:
+    if req.stdin.strip():
+        return req.decoded_stdin("domain XML on stdin")
+    try:
+        with open(local_file, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise DriverError(f"{local_file}: cannot read the deployment file: {exc.strerror}") from None
+
+
+def _ds_location(oned: Oned, host: str, config: Config) -> str:
+    doc = oned.host_by_name(host)
+    location = xmldoc.text(doc, "TEMPLATE/DATASTORE_LOCATION") if doc is not None else ""
+    return location or config.get("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION
+
+
+def _put(shell: Host, path: str, data: bytes) -> None:
+    shell.run(["dd", f"of={path}", "status=none"], input=data)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error(f"cannot keep the tweaked copy {path}: {exc.strerror}")

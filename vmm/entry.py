@@ -1,0 +1,51 @@
+"""Entry point of ``vmm/kvm/<name>``: a local VMM action gets the same argv the remote
+script would, and the base64 of what the remote script would read on stdin."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from onelib import xmldoc
+from onelib.errors import DriverError
+from onelib.main import run
+from tweaks.record import record
+
+
+@record
+class VmmRequest:
+    action: str
+    args: list[str]
+    stdin: bytes
+
+    def arg(self, index: int, what: str) -> str:
+        try:
+            return self.args[index]
+        except IndexError:
+            raise DriverError(f"{self.action}: missing argument {index + 1} ({what})") from None
+
+    def decoded_stdin(self, what: str) -> bytes:
+        """stdin as oned sends a local action: base64 (plain XML is accepted too)."""
+        data = self.stdin.strip()
+        if data.startswith(b"<"):
+            return data
+        return xmldoc.decode_b64(data, what)
+
+
+def vmm_main(path: str | None = None) -> None:
+    script = os.path.abspath(path or sys.argv[0])
+    name = os.path.basename(script)
+    module_name = name.split(".", 1)[0].replace("-", "_")
+
+    def act(argv: Sequence[str]) -> str | None:
+        stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+        try:
+            module = importlib.import_module(f"vmm.actions.{module_name}")
+        except ModuleNotFoundError:
+            raise DriverError(f"VMM action {name!r} is not implemented") from None
+        result: str | None = module.run(VmmRequest(action=name, args=list(argv), stdin=stdin))
+        return result
+
+    sys.exit(run(f"one-tweaks-vmm-{name}", act))
