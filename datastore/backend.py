@@ -113,6 +113,14 @@ class Backend(abc.ABC):
         """Detach from ``host``, or from every host when None. Absent is not an error."""
 
     @abc.abstractmethod
+    def attach_many(self, items: Sequence[tuple[str, bool]], host: HostRef) -> dict[str, str]:
+        """Attach several (name, readonly) volumes to ``host`` in one call; name -> device."""
+
+    @abc.abstractmethod
+    def detach_many(self, names: Sequence[str], host: HostRef | None, *, force: bool = False) -> None:
+        """Detach several volumes from ``host`` (every host when None) in one call."""
+
+    @abc.abstractmethod
     def device_path(self, name: str, host: HostRef) -> str: ...
 
     # --- accounting ------------------------------------------------------------------------

@@ -28,11 +28,11 @@ def check_host(host: str) -> str:
 def clean_path(path: str, what: str = "path") -> str:
     if not path.startswith("/") or "\0" in path or "\n" in path:
         raise DriverError(f"{what} {path!r} is not an absolute path")
+    if ".." in path.split("/"):  # before normpath, which would resolve it silently
+        raise DriverError(f"{what} {path!r} leaves its directory")
     norm = posixpath.normpath(path)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
-    if ".." in norm.split("/"):
-        raise DriverError(f"{what} {path!r} leaves its directory")
     return norm
 
 

@@ -8,10 +8,10 @@ disk's kind) comes from the VM document, fetched once per action through oned's 
 from __future__ import annotations
 
 import posixpath
+import re
 
 from lxml import etree
 
-from datastore.backend import HostRef
 from datastore.driver import Driver
 from datastore.naming import (
     TYPE_CDROM,
@@ -24,7 +24,7 @@ from datastore.naming import (
 from onelib import xmldoc
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
-from onelib.paths import disk_id, split_host_path
+from onelib.paths import clean_path, disk_id, split_host_path
 from tweaks.record import record
 
 MIB = 1024 * 1024
@@ -40,9 +40,41 @@ class DiskPath:
     disk_id: int
 
 
-def disk_path(arg: str, what: str = "disk") -> DiskPath:
+_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+# What a system datastore path is made of (DATASTORE_LOCATION/<ds>/<vm>[/disk.N]): anything
+# else (spaces, quotes, $, `, ;, ...) never comes from oned and is refused before it reaches
+# a host command, even though host commands are quoted argument lists.
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_.+=@,/-]+")
+
+
+def safe_path(raw: str, what: str = "path") -> str:
+    """An absolute, normalised path of plain characters (see ``_SAFE_PATH``)."""
+    path = clean_path(raw, what)
+    if not _SAFE_PATH.fullmatch(path):
+        raise DriverError(f"{what} {raw!r} contains characters a datastore path never has")
+    return path
+
+
+def host_path(arg: str, what: str = "path") -> tuple[str, str]:
+    """``node1:/var/lib/one//datastores/101/42`` -> ("node1", "/var/lib/one/datastores/101/42")."""
     host, path = split_host_path(arg, what)
-    return DiskPath(host=host, path=path, vm_dir=posixpath.dirname(path), disk_id=disk_id(path))
+    return host, safe_path(path, what)
+
+
+def disk_path(arg: str, what: str = "disk", vm_id: int | None = None) -> DiskPath:
+    host, path = host_path(arg, what)
+    found = DiskPath(host=host, path=path, vm_dir=posixpath.dirname(path), disk_id=disk_id(path))
+    if vm_id is not None:
+        check_vm_dir(found.vm_dir, vm_id, what)
+    return found
+
+
+def check_vm_dir(path: str, vm_id: int, what: str = "VM directory") -> str:
+    """``path`` must be a VM directory of VM ``vm_id`` (``.../<ds_id>/<vm_id>``)."""
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 3 or parts[-1] != str(vm_id) or not parts[-2].isdigit():
+        raise DriverError(f"{what} {path} is not VM {vm_id}'s directory in a system datastore")
+    return path
 
 
 @record
@@ -70,8 +102,18 @@ class VmDisk:
         if self.image_id is None:
             raise DriverError(f"disk {self.disk_id} has no IMAGE_ID")
         if self.persistent:
+            # the image's own volume: its SOURCE (images imported under other names keep
+            # them), else addon-storpool's name for the image
+            if self.source and _VOLUME.fullmatch(self.source):
+                return self.source
             return names.image(self.image_id)
         return names.clone(self.image_id, vm_id, self.disk_id)
+
+    @property
+    def attach_readonly(self) -> bool:
+        """How the volume is attached: CD-ROM clones and read-only images read-only; the
+        context ISO read-write on every host, since the context action rewrites it in place."""
+        return self.kind == "cdrom" or (self.readonly and self.kind != "context")
 
     @property
     def type_tag(self) -> str:
@@ -110,15 +152,33 @@ def vm_disk(vm: etree._Element, wanted: int) -> VmDisk:
 
 
 def vm_id_arg(raw: str) -> int:
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         raise DriverError(f"VM id {raw!r} is not a number")
     return int(raw)
 
 
 def ds_id_arg(raw: str) -> int:
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         raise DriverError(f"datastore id {raw!r} is not a number")
     return int(raw)
+
+
+def fetch_vm(drv: Driver, vm_id: int) -> etree._Element:
+    """VM ``vm_id``'s document from oned (NotFound when oned has no such VM)."""
+    vm = drv.oned.vm(vm_id)
+    if xmldoc.text(vm, "ID") != str(vm_id):
+        raise DriverError(f"oned answered VM {xmldoc.text(vm, 'ID')!r} for VM {vm_id}")
+    return vm
+
+
+def host_vm_dir(drv: Driver, host: str, vm_dir: str, ds_id: int, vm_id: int) -> str:
+    """The VM directory on ``host``: ``vm_dir`` as oned gave it, unless the host's template
+    sets its own DATASTORE_LOCATION (OpenNebula's per-host override)."""
+    doc = drv.oned.host_by_name(host)
+    location = xmldoc.text(doc, "TEMPLATE/DATASTORE_LOCATION") if doc is not None else ""
+    if not location:
+        return vm_dir
+    return safe_path(f"{location}/{ds_id}/{vm_id}", f"host {host} DATASTORE_LOCATION")
 
 
 def driver_for(request_driver: str, ds_id: int) -> Driver:
@@ -128,18 +188,28 @@ def driver_for(request_driver: str, ds_id: int) -> Driver:
     return Driver(request_driver, ds, oned=probe.oned, config=probe.config)
 
 
+# Constant shell programs that get their data as positional parameters ("$1", ...): several
+# steps in one ssh round trip, and no value from a transfer line or template ever becomes
+# shell code (Host quotes every argument).
+_LINKS = 'set -e; dir=$1; shift; mkdir -p -- "$dir"; while [ "$#" -ge 2 ]; do ln -sfn -- "$1" "$2"; shift 2; done'
+
+
+def link_many(shell: Host, directory: str, pairs: list[tuple[str, str]]) -> None:
+    """``(device, path)``: make each ``path`` (a ``disk.N`` in ``directory``) a symlink to
+    its device on the host, in one command."""
+    args = [directory]
+    for device, path in pairs:
+        args += [device, path]
+    shell.run(["sh", "-c", _LINKS, "sh", *args])
+
+
 def link(shell: Host, path: str, device: str) -> None:
     """Make ``path`` (a VM's ``disk.N``) a symlink to ``device`` on the host."""
-    shell.run(["mkdir", "-p", posixpath.dirname(path)])
-    shell.run(["ln", "-sfn", device, path])
+    link_many(shell, posixpath.dirname(path), [(device, path)])
 
 
-def unlink(shell: Host, path: str) -> None:
-    shell.run(["rm", "-f", path])
-
-
-def host_ref(driver: Driver, host: str) -> HostRef:
-    return driver.host(host)
+def unlink(shell: Host, *paths: str) -> None:
+    shell.run(["rm", "-f", "--", *paths])
 
 
 def vm_volumes(drv: Driver, vm: etree._Element, vm_id: int) -> list[tuple[VmDisk, str]]:

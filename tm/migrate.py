@@ -13,8 +13,22 @@ from lxml import etree
 
 from datastore.driver import Driver
 from onelib import xmldoc
+from onelib.errors import DriverError
+from onelib.paths import check_host
 
-from .common import link, unlink, vm_volumes
+from .common import (
+    check_vm_dir,
+    driver_for,
+    ds_id_arg,
+    fetch_vm,
+    host_vm_dir,
+    link_many,
+    safe_path,
+    unlink,
+    vm_id_arg,
+    vm_volumes,
+)
+from .entry import TmRequest
 
 COPY_EXCLUDE = "disk.*"
 
@@ -28,16 +42,35 @@ def is_frontend(drv: Driver, host: str) -> bool:
     return drv.oned.host_by_name(host) is None
 
 
+class Migration:
+    """``src dst vm_dir vmid sys_dsid [caller]`` with the VM document from stdin (or oned)."""
+
+    def __init__(self, req: TmRequest) -> None:
+        self.src = check_host(req.arg(0, "source host"))
+        self.dst = check_host(req.arg(1, "destination host"))
+        self.vm_id = vm_id_arg(req.arg(3, "vm id"))
+        self.ds_id = ds_id_arg(req.arg(4, "datastore id"))
+        vm_dir = check_vm_dir(safe_path(req.arg(2, "VM directory"), "VM directory"), self.vm_id)
+        self.drv = driver_for(req.driver, self.ds_id)
+        self.vm = vm_from_stdin(req.stdin) if req.stdin.strip() else fetch_vm(self.drv, self.vm_id)
+        if xmldoc.text(self.vm, "ID") != str(self.vm_id):
+            raise DriverError(f"the VM document on stdin is VM {xmldoc.text(self.vm, 'ID')!r}, not {self.vm_id}")
+        self.src_dir = host_vm_dir(self.drv, self.src, vm_dir, self.ds_id, self.vm_id)
+        self.dst_dir = host_vm_dir(self.drv, self.dst, vm_dir, self.ds_id, self.vm_id)
+
+    @property
+    def shared(self) -> bool:
+        return shared(self.drv)
+
+
 def attach_on(drv: Driver, vm: etree._Element, vm_id: int, host: str, vm_dir: str) -> None:
     volumes = vm_volumes(drv, vm, vm_id)
-    items = [(name, disk.readonly or disk.kind in ("cdrom", "context")) for disk, name in volumes]
+    items = [(name, disk.attach_readonly) for disk, name in volumes]
     extra = _system_extras(drv, vm_id, {name for _, name in volumes})
     items += [(name, False) for name in extra]
     devices = drv.backend.attach_many(items, drv.host(host))
-    shell = drv.shell(host)
-    shell.run(["mkdir", "-p", vm_dir])
-    for disk, name in volumes:
-        link(shell, posixpath.join(vm_dir, f"disk.{disk.disk_id}"), devices[name])
+    link_many(drv.shell(host), vm_dir,
+              [(devices[name], posixpath.join(vm_dir, f"disk.{disk.disk_id}")) for disk, name in volumes])
 
 
 def detach_from(drv: Driver, vm: etree._Element, vm_id: int, host: str, vm_dir: str, *, links: bool) -> None:
@@ -46,9 +79,7 @@ def detach_from(drv: Driver, vm: etree._Element, vm_id: int, host: str, vm_dir: 
     names += _system_extras(drv, vm_id, set(names))
     drv.backend.detach_many(names, drv.host(host), force=True)
     if links:
-        shell = drv.shell(host)
-        for disk, _ in volumes:
-            unlink(shell, posixpath.join(vm_dir, f"disk.{disk.disk_id}"))
+        unlink(drv.shell(host), *(posixpath.join(vm_dir, f"disk.{disk.disk_id}") for disk, _ in volumes))
 
 
 def _system_extras(drv: Driver, vm_id: int, known: set[str]) -> list[str]:
@@ -58,13 +89,41 @@ def _system_extras(drv: Driver, vm_id: int, known: set[str]) -> list[str]:
             if not v.snapshot and v.name in wanted and v.name not in known]
 
 
-def copy_dir(drv: Driver, src: str, dst: str, vm_dir: str) -> None:
-    """The VM directory's files (not the disk links) from one host to another."""
-    data = drv.shell(src).run(["tar", "-C", vm_dir, "--exclude", COPY_EXCLUDE, "-cf", "-", "."]).stdout
-    target = drv.shell(dst)
-    target.run(["mkdir", "-p", vm_dir])
-    target.run(["tar", "-C", vm_dir, "-xf", "-"], input=data)
+def move_system_volumes(drv: Driver, vm: etree._Element, vm_id: int, src: str, dst: str, dst_dir: str) -> None:
+    """The VM's volumes that no disk MV line names (context ISO, NVRAM, checkpoint) follow
+    the VM directory: attached on ``dst`` (``disk.N`` of the context linked there), then
+    detached from ``src``; the front-end only lets go."""
+    existing = {v.name for v in drv.backend.find(drv.names.vm_prefix(vm_id)) if not v.snapshot}
+    context = [(disk, name) for disk, name in vm_volumes(drv, vm, vm_id)
+               if disk.kind == "context" and name in existing]
+    extras = sorted(existing & {drv.names.nvram(vm_id), drv.names.checkpoint(vm_id)})
+    items = [(name, False) for _, name in context] + [(name, False) for name in extras]
+    if not items:
+        return
+    if not is_frontend(drv, dst):
+        devices = drv.backend.attach_many(items, drv.host(dst))
+        if context:
+            link_many(drv.shell(dst), dst_dir,
+                      [(devices[name], posixpath.join(dst_dir, f"disk.{disk.disk_id}")) for disk, name in context])
+    if not is_frontend(drv, src):
+        drv.backend.detach_many([name for name, _ in items], drv.host(src), force=True)
+
+
+_PACK = 'if [ -d "$1" ]; then exec tar -C "$1" --exclude "$2" -cf - .; fi'
+_UNPACK = 'set -e; mkdir -p -- "$1"; exec tar -C "$1" -xf -'
+
+
+def copy_dir(drv: Driver, src: str, dst: str, src_dir: str, dst_dir: str | None = None) -> None:
+    """The VM directory's files (not the disk links) from one host to another, through the
+    front-end; nothing when the source has no such directory (a re-run after the copy and
+    the removal)."""
+    data = drv.shell(src).run(["sh", "-c", _PACK, "sh", src_dir, COPY_EXCLUDE]).stdout
+    if data:
+        drv.shell(dst).run(["sh", "-c", _UNPACK, "sh", dst_dir or src_dir], input=data)
 
 
 def vm_from_stdin(data: bytes) -> etree._Element:
-    return xmldoc.parse_b64(data, "VM document on stdin")
+    vm = xmldoc.parse_b64(data, "VM document on stdin")
+    if vm.tag != "VM":
+        raise DriverError(f"the document on stdin is <{vm.tag}>, not <VM>")
+    return vm

@@ -36,7 +36,7 @@ def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement
     name = disk.volume(drv.names, vm_id)
     host = drv.host(dst.host)
     shell = drv.shell(dst.host)
-    readonly = disk.readonly or disk.kind in ("cdrom", "context")
+    readonly = disk.attach_readonly
     with drv.lock(name):
         created = False
         if mode in ("clone", "create"):
@@ -52,7 +52,7 @@ def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement
                 _check_ours(drv, name, vm_id, disk.disk_id)
         try:
             device = backend.attach(name, host, readonly=readonly)
-            if mode == "create" and created:
+            if mode == "create" and (created or _blank(shell, device)):
                 _format(shell, device, disk)
             link(shell, dst.path, device)
         except BaseException:
@@ -66,6 +66,18 @@ def _check_ours(drv: Driver, name: str, vm_id: int, disk_id: int) -> None:
     found = drv.backend.get(name)
     if found is None or found.tags.get("nvm") != str(vm_id) or found.tags.get("diskid") != str(disk_id):
         raise DriverError(f"volume {name} already exists and is not this VM's disk {disk_id}")
+
+
+_PROBE = '[ -b "$1" ] || { echo "$1 is not a block device" >&2; exit 3; }; exec blkid -p -o value -s TYPE -- "$1"'
+
+
+def _blank(shell: Host, device: str) -> bool:
+    """No file system or swap signature on ``device`` (a re-run after a crash between
+    create and format formats it; a formatted volume is never formatted again)."""
+    probe = shell.run(["sh", "-c", _PROBE, "sh", device], check=False)
+    if probe.returncode not in (0, 2):
+        raise DriverError(f"blkid {device} failed: {probe.stderr.decode(errors='replace').strip()[-200:]}")
+    return probe.returncode == 2
 
 
 def _format(shell: Host, device: str, disk: VmDisk) -> None:

@@ -8,6 +8,7 @@ Hosts are StorPool client ids (SP_OURID); an attached volume appears on its host
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +21,15 @@ from .storpool_api import Api, read_storpool_conf
 
 def _volume(raw: Mapping[str, Any], snapshot: bool) -> Volume:
     tags = raw.get("tags") or {}
+    # StorPool describes a snapshot's deletion by its date (targetDeleteDate, Unix time)
+    delete_after = 0
+    if snapshot:
+        date = int(raw.get("targetDeleteDate", 0) or 0)
+        delete_after = max(date - int(time.time()), 1) if date else int(raw.get("deleteAfter", 0) or 0)
     return Volume(
         name=str(raw.get("name", "")), size=int(raw.get("size", 0)),
         tags={str(k): str(v) for k, v in tags.items()}, placement=str(raw.get("templateName", "") or ""),
-        snapshot=snapshot, parent=str(raw.get("parentName", "") or ""),
-        delete_after=int(raw.get("deleteAfter", 0) or 0) if snapshot else 0,
+        snapshot=snapshot, parent=str(raw.get("parentName", "") or ""), delete_after=delete_after,
     )
 
 
@@ -72,7 +77,8 @@ class StorPool(Backend):
         """Detach everywhere, then delete (2 calls). Absent is not an error."""
         key = "snapshot" if snapshot else "volume"
         try:
-            self.api.call("VolumesReassign", {"reassign": [{key: name, "detach": "all", "force": True}]})
+            # VolumesReassign takes the bare list (VolumesReassignWait wraps it in "reassign")
+            self.api.call("VolumesReassign", [{key: name, "detach": "all", "force": True}])
         except NotFound:
             return
         with contextlib.suppress(NotFound):
@@ -142,6 +148,21 @@ class StorPool(Backend):
                                  "detach": "all" if host is None else [int(host.client)]}
         with contextlib.suppress(NotFound):
             self.api.call("VolumesReassignWait", {"reassign": [entry]})
+
+    def attach_many(self, items: Sequence[tuple[str, bool]], host: HostRef) -> dict[str, str]:
+        if not items:
+            return {}
+        client = [int(host.client)]
+        entries = [{"volume": name, "ro" if ro else "rw": client} for name, ro in items]
+        self.api.call("VolumesReassignWait", {"reassign": entries, "attachTimeout": self.attach_timeout})
+        return {name: self.device_path(name, host) for name, _ in items}
+
+    def detach_many(self, names: Sequence[str], host: HostRef | None, *, force: bool = False) -> None:
+        if not names:
+            return
+        target: Any = "all" if host is None else [int(host.client)]
+        entries = [{"volume": name, "detach": target, "force": force} for name in names]
+        self.api.call("VolumesReassignWait", {"reassign": entries})
 
     def device_path(self, name: str, host: HostRef) -> str:
         return f"{host.device_dir.rstrip('/')}/{name}"

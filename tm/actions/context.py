@@ -26,9 +26,10 @@ from datastore.driver import Driver
 from datastore.naming import TYPE_CONTEXT, TYPE_NVRAM, tags
 from onelib import xmldoc
 from onelib.errors import Conflict, DriverError
+from onelib.hostcmd import Host
 from onelib.paths import clean_path
 
-from ..common import MIB, DiskPath, disk_path, driver_for, ds_id_arg, link, vm_id_arg
+from ..common import MIB, DiskPath, disk_path, driver_for, ds_id_arg, fetch_vm, link, vm_id_arg
 from ..entry import TmRequest
 
 NVRAM_SIZE = MIB
@@ -39,11 +40,14 @@ ISO_TOOLS = ("genisoimage", "mkisofs", "xorrisofs")
 def run(req: TmRequest) -> None:
     if len(req.args) < 4:
         raise DriverError("context: expected context.sh [files...] host:path vmid dsid")
-    dst = disk_path(req.args[-3])
     vm_id, ds_id = vm_id_arg(req.args[-2]), ds_id_arg(req.args[-1])
+    dst = disk_path(req.args[-3], "destination", vm_id)
     files = req.args[:-3]
     drv = driver_for(req.driver, ds_id)
-    vm = drv.oned.vm(vm_id)
+    vm = fetch_vm(drv, vm_id)
+    context_id = xmldoc.text(vm, "TEMPLATE/CONTEXT/DISK_ID")
+    if context_id != str(dst.disk_id):
+        raise DriverError(f"disk {dst.disk_id} is not VM {vm_id}'s context disk (CONTEXT/DISK_ID={context_id!r})")
     with tempfile.TemporaryDirectory(prefix="one-context-") as tmp:
         iso = build_iso(files, tmp)
         write_context(drv, dst, vm_id, ds_id, iso)
@@ -107,24 +111,38 @@ def ensure_nvram(drv: Driver, dst: DiskPath, vm: etree._Element, vm_id: int, ds_
     name = drv.names.nvram(vm_id)
     host = drv.host(dst.host)
     template = _vars_template(drv, vm)
+    shell = drv.shell(dst.host)
     with drv.lock(name):
+        created = False
+        volume_size = NVRAM_SIZE
         try:
             drv.backend.create(name, NVRAM_SIZE, placement=drv.placement(ds_id),
                                tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM))
+            created = True
         except Conflict:
-            drv.backend.attach(name, host)  # variables already there: keep them
-            return
+            found = drv.backend.get(name)
+            if found is None or found.snapshot or found.tags.get("nvm") != str(vm_id):
+                raise DriverError(f"volume {name} exists and is not VM {vm_id}'s NVRAM") from None
+            volume_size = found.size
         try:
             device = drv.backend.attach(name, host)
-            shell = drv.shell(dst.host)
             size = int(shell.output(["stat", "-L", "-c", "%s", template]).strip() or 0)
-            if not 0 < size <= NVRAM_SIZE:
+            if not 0 < size <= volume_size:
                 raise DriverError(f"NVRAM template {template} has an unexpected size ({size} bytes)")
-            shell.run(["dd", f"if={template}", f"of={device}", "oflag=seek_bytes", f"seek={NVRAM_SIZE - size}",
-                       "conv=notrunc,fsync", "status=none"])
+            # an existing NVRAM keeps its variables; only one a crash left empty is filled
+            if created or _empty(shell, device, volume_size - size):
+                shell.run(["dd", f"if={template}", f"of={device}", "oflag=seek_bytes", f"seek={volume_size - size}",
+                           "conv=notrunc,fsync", "status=none"])
         except BaseException:
-            drv.backend.delete(name)
+            if created:
+                drv.backend.delete(name)
             raise
+
+
+def _empty(shell: Host, device: str, offset: int) -> bool:
+    head = shell.run(["dd", f"if={device}", "iflag=skip_bytes", f"skip={offset}", "bs=4096", "count=1",
+                      "status=none"]).stdout
+    return not head.strip(b"\0")
 
 
 def _vars_template(drv: Driver, vm: etree._Element) -> str:

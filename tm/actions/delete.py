@@ -5,6 +5,12 @@ clone or volatile disk is deleted, kept first as a snapshot the backend removes 
 DELAY_DELETE (``one-tweaks trash`` lists and restores them); CD-ROM clones and the
 context ISO go at once. Backend calls: at most snapshot + detach + delete (3).
 
+The trash snapshot's name is ``<volume>-DELETED-<VM STIME>``: the same on every run, so a
+re-run after a crash between the snapshot and the delete finds its own snapshot (the
+volume's parent since the snapshot was taken) and goes on instead of trashing the disk
+twice. A snapshot of that name that is not the volume's parent (the same disk deleted
+before, e.g. a detach and re-attach of one image) makes the name unique with the time.
+
 The VM directory: every volume left under the VM's system prefix (checkpoint, NVRAM,
 context) is deleted, and the directory removed on the host.
 """
@@ -14,55 +20,85 @@ from __future__ import annotations
 import posixpath
 import time
 
-from datastore.driver import Driver
-from onelib.errors import DriverError, NotFound
-from onelib.paths import split_host_path
+from lxml import etree
 
-from ..common import disk_path, driver_for, ds_id_arg, unlink, vm_disk, vm_id_arg
+from datastore.driver import Driver
+from onelib import xmldoc
+from onelib.errors import Conflict, DriverError, NotFound
+
+from ..common import (
+    VmDisk,
+    check_vm_dir,
+    disk_path,
+    driver_for,
+    ds_id_arg,
+    fetch_vm,
+    host_path,
+    unlink,
+    vm_disk,
+    vm_id_arg,
+)
 from ..entry import TmRequest
 
 
 def run(req: TmRequest) -> None:
     target = req.arg(0, "path")
     vm_id, ds_id = vm_id_arg(req.arg(1, "vm id")), ds_id_arg(req.arg(2, "datastore id"))
-    host, path = split_host_path(target, "path")
+    host, path = host_path(target, "path")
+    is_disk = posixpath.basename(path).startswith("disk.")
+    dst = disk_path(target, "path", vm_id) if is_disk else None
+    if dst is None:
+        check_vm_dir(path, vm_id)
     drv = driver_for(req.driver, ds_id)
-    if posixpath.basename(path).startswith("disk."):
-        delete_disk(drv, req, vm_id)
+    vm = fetch_vm(drv, vm_id)
+    if dst is not None:
+        disk = vm_disk(vm, dst.disk_id)
+        delete_disk(drv, vm, disk, dst.host, dst.path, vm_id)
     else:
         delete_dir(drv, host, path, vm_id)
 
 
-def delete_disk(drv: Driver, req: TmRequest, vm_id: int) -> None:
-    dst = disk_path(req.arg(0, "path"))
-    disk = vm_disk(drv.oned.vm(vm_id), dst.disk_id)
+def delete_disk(drv: Driver, vm: etree._Element, disk: VmDisk, host: str, path: str, vm_id: int) -> None:
     name = disk.volume(drv.names, vm_id)
     backend = drv.backend
     with drv.lock(name):
-        unlink(drv.shell(dst.host), dst.path)
+        unlink(drv.shell(host), path)
         if disk.persistent:
-            backend.detach(name, drv.host(dst.host))
+            backend.detach(name, drv.host(host))
             return
         delay = drv.config.seconds("DELAY_DELETE")
         if delay and disk.kind in ("image", "volatile"):
-            trash = trash_name(name)
+            trash = trash_name(name, vm)
+            tags = {"virt": "one", "nloc": drv.names.px, "nvm": str(vm_id), "diskid": str(disk.disk_id),
+                    "trash": name}
             try:
-                backend.snapshot(name, trash, tags={"virt": "one", "nloc": drv.names.px, "nvm": str(vm_id),
-                                                    "diskid": str(disk.disk_id), "trash": name},
-                                 delete_after=delay)
+                backend.snapshot(name, trash, tags=tags, delete_after=delay)
             except NotFound:
-                return  # already gone: a re-run after the delete
+                return  # the volume is gone: a re-run after the delete
+            except Conflict:
+                found = backend.get(name)
+                if found is None:
+                    return  # gone meanwhile
+                if not _ours(found.parent, trash):
+                    # an earlier disk of the same name went to the trash: keep both
+                    backend.snapshot(name, f"{trash}-{int(time.time())}", tags=tags, delete_after=delay)
         backend.delete(name)
 
 
-def trash_name(volume: str) -> str:
-    return f"{volume}-DELETED-{int(time.time())}"
+def _ours(parent: str, trash: str) -> bool:
+    """The volume's parent is this delete's trash snapshot (or its unique fallback)."""
+    tail = parent[len(trash) + 1:]
+    return parent == trash or (parent.startswith(trash + "-") and tail.isascii() and tail.isdigit())
+
+
+def trash_name(volume: str, vm: etree._Element) -> str:
+    stime = xmldoc.text(vm, "STIME")
+    if not stime.isascii() or not stime.isdigit():
+        raise DriverError(f"VM {xmldoc.text(vm, 'ID')} has no usable STIME ({stime!r})")
+    return f"{volume}-DELETED-{stime}"
 
 
 def delete_dir(drv: Driver, host: str, path: str, vm_id: int) -> None:
-    parts = path.rstrip("/").split("/")
-    if parts[-1] != str(vm_id):
-        raise DriverError(f"{path} is not VM {vm_id}'s directory")
     backend = drv.backend
     for volume in backend.find(drv.names.vm_prefix(vm_id)):
         if volume.snapshot:

@@ -3,21 +3,15 @@ failed: the destination lets go of what premigrate gave it; the source keeps run
 
 from __future__ import annotations
 
-from onelib.paths import check_host, clean_path
-
-from ..common import driver_for, ds_id_arg, vm_id_arg
 from ..entry import TmRequest
-from ..migrate import detach_from, shared, vm_from_stdin
+from ..migrate import Migration, detach_from
 
 
 def run(req: TmRequest) -> None:
-    src, dst = check_host(req.arg(0, "source host")), check_host(req.arg(1, "destination host"))
-    vm_dir = clean_path(req.arg(2, "VM directory"))
-    vm_id, ds_id = vm_id_arg(req.arg(3, "vm id")), ds_id_arg(req.arg(4, "datastore id"))
-    drv = driver_for(req.driver, ds_id)
-    vm = vm_from_stdin(req.stdin) if req.stdin.strip() else drv.oned.vm(vm_id)
-    if src == dst:
+    m = Migration(req)
+    if m.src == m.dst:
         return
-    detach_from(drv, vm, vm_id, dst, vm_dir, links=not shared(drv))
-    if not shared(drv):
-        drv.shell(dst).run(["rm", "-rf", "--one-file-system", vm_dir])
+    # the links go with the directory (ssh), or stay in the directory both hosts share
+    detach_from(m.drv, m.vm, m.vm_id, m.dst, m.dst_dir, links=False)
+    if not m.shared:
+        m.drv.shell(m.dst).run(["rm", "-rf", "--one-file-system", m.dst_dir])

@@ -17,7 +17,7 @@ from datastore.backend import Usage
 from datastore.driver import Driver
 from datastore.entry import parse_request
 from onelib import xmldoc
-from onelib.errors import NotFound
+from onelib.errors import DriverError, NotFound
 
 from ..entry import TmRequest
 
@@ -27,6 +27,8 @@ MIB = 1024 * 1024
 def run(req: TmRequest) -> str:
     request = parse_request(req.driver, "monitor", req.args, req.stdin)
     drv = Driver(req.driver, request.datastore)
+    if drv.ds_id != request.id:
+        raise DriverError(f"monitor: the DATASTORE sent is {drv.ds_id}, not {request.id}")
     try:
         cap = drv.backend.capacity(drv.placement())
         lines = [f"USED_MB={cap.used // MIB}", f"TOTAL_MB={cap.total // MIB}", f"FREE_MB={cap.free // MIB}"]
@@ -38,42 +40,47 @@ def run(req: TmRequest) -> str:
 
 
 def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
+    """One line per VM of this system datastore (its last history record's DS_ID) with the
+    stored size of each disk volume and disk snapshot, in MB."""
     px = re.escape(drv.names.px)
     clone = re.compile(rf"{px}-img-\d+-(\d+)-(\d+)")
-    system = re.compile(rf"{px}-sys-(\d+)-(\d+)-(?:raw|swap)")
-    image = re.compile(rf"{px}-img-(\d+)")
+    system = re.compile(rf"{px}-sys-(\d+)-(\d+)-(?:raw|swap|iso)")
     snap = re.compile(r"(.+)-snap(\d+)")
+    here: set[int] = set()
     persistent: dict[str, tuple[int, int]] = {}
     for vm in drv.oned.vms().iterfind("VM"):
-        vm_id = xmldoc.text(vm, "ID")
+        raw_id = xmldoc.text(vm, "ID")
+        history = vm.findall("HISTORY_RECORDS/HISTORY")
+        if not raw_id.isdigit() or not history or xmldoc.text(history[-1], "DS_ID") != str(drv.ds_id):
+            continue
+        vm_id = int(raw_id)
+        here.add(vm_id)
         for disk in vm.iterfind("TEMPLATE/DISK"):
-            if xmldoc.text(disk, "PERSISTENT").upper() == "YES" and vm_id.isdigit():
+            if xmldoc.text(disk, "PERSISTENT").upper() == "YES":
                 source = xmldoc.text(disk, "SOURCE")
                 disk_id = xmldoc.text(disk, "DISK_ID")
                 if source and disk_id.isdigit():
-                    persistent[source] = (int(vm_id), int(disk_id))
+                    persistent[source] = (vm_id, int(disk_id))
 
     def owner(volume: str) -> tuple[int, int] | None:
         for pattern in (clone, system):
             match = pattern.fullmatch(volume)
             if match:
                 return int(match.group(1)), int(match.group(2))
-        if image.fullmatch(volume):
-            return persistent.get(volume)
-        return None
+        return persistent.get(volume)
 
     disks: dict[int, list[str]] = {}
     for name, use in sorted(usage.items()):
         match = snap.fullmatch(name)
-        if match:
-            found = owner(match.group(1))
-            if found:
-                disks.setdefault(found[0], []).append(
-                    f"SNAPSHOT_SIZE=[ID={match.group(2)},DISK_ID={found[1]},SIZE={-(-use.stored // MIB)}]")
+        found = owner(match.group(1) if match else name)
+        if found is None or found[0] not in here:
             continue
-        found = owner(name)
-        if found:
-            disks.setdefault(found[0], []).append(f"DISK_SIZE=[ID={found[1]},SIZE={-(-use.stored // MIB)}]")
+        size = -(-use.stored // MIB)
+        if match:
+            item = f"SNAPSHOT_SIZE=[ID={match.group(2)},DISK_ID={found[1]},SIZE={size}]"
+        else:
+            item = f"DISK_SIZE=[ID={found[1]},SIZE={size}]"
+        disks.setdefault(found[0], []).append(item)
     out = []
     for owner_vm, items in sorted(disks.items()):
         payload = base64.b64encode("\n".join(items).encode()).decode()

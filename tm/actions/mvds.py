@@ -4,16 +4,21 @@ datastore (terminate, detach). The volume stays; it is detached from the host an
 
 from __future__ import annotations
 
-from ..common import disk_path, driver_for, ds_id_arg, unlink, vm_id_arg
+from onelib.errors import DriverError
+
+from ..common import disk_path, driver_for, ds_id_arg, fetch_vm, unlink, vm_disk, vm_id_arg
 from ..entry import TmRequest
 from ..provision import volume_name
 
 
 def run(req: TmRequest) -> None:
-    src = disk_path(req.arg(0, "disk"))
     name = volume_name(req.arg(1, "source"))
-    _vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
+    vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
+    src = disk_path(req.arg(0, "disk"), "disk", vm_id)
     drv = driver_for(req.driver, ds_id)
+    disk = vm_disk(fetch_vm(drv, vm_id), src.disk_id)
+    if not disk.persistent or disk.volume(drv.names, vm_id) != name:
+        raise DriverError(f"disk {src.disk_id} of VM {vm_id} is not the persistent image {name}")
     with drv.lock(name):
         unlink(drv.shell(src.host), src.path)
         drv.backend.detach(name, drv.host(src.host))

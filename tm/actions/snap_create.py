@@ -1,70 +1,125 @@
 """SNAP_CREATE ``host:.../disk.N snap_id vmid dsid``: snapshot ``<volume>-snap<ID>``.
 
-DISKSNAPSHOT_LIMIT (configuration, then the system datastore's attribute, then the VM's
-own) caps the snapshots of one disk. SNAP_CREATE_LIVE (running VM) freezes the guest's
-file systems through qemu-guest-agent around the snapshot when VMSNAPSHOT_FSFREEZE or the
-VM's GUEST_AGENT says so; a guest without an agent is snapshotted unfrozen, as oned's
-own drivers do.
+DISKSNAPSHOT_LIMIT (the VM's USER_TEMPLATE, then its TEMPLATE, then the VM's system
+datastore, then the configuration overlaid with the disk datastore's attribute) caps the
+snapshots of one disk.
+SNAP_CREATE_LIVE (running VM) freezes the guest's file systems through qemu-guest-agent
+(``virsh domfsfreeze`` on the host) around the snapshot when the VM has
+FEATURES/GUEST_AGENT=yes or VMSNAPSHOT_FSFREEZE is set; a guest whose agent does not
+answer is snapshotted unfrozen, with an INFO line for the VM log, as oned's own drivers do.
+
+A re-run after a crash finds the snapshot it took (tagged with this VM and disk) and is done.
 """
 
 from __future__ import annotations
 
+import re
+
+from lxml import etree
+
 from datastore.driver import Driver
 from onelib import log, xmldoc
-from onelib.errors import DriverError
+from onelib.errors import Conflict, DriverError
 from onelib.paths import number
 
-from ..common import DiskPath, disk_path, driver_for, ds_id_arg, vm_disk, vm_id_arg
+from ..common import DiskPath, disk_path, driver_for, ds_id_arg, fetch_vm, vm_disk, vm_id_arg
 from ..entry import TmRequest
+
+_DEPLOY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+TRUE = ("1", "yes", "true", "on")
 
 
 def run(req: TmRequest) -> None:
-    dst = disk_path(req.arg(0, "disk"))
     snap_id = number(req.arg(1, "snapshot id"), "snapshot id")
     vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
+    dst = disk_path(req.arg(0, "disk"), "disk", vm_id)
+    if snap_id < 0:
+        raise DriverError(f"snapshot id {snap_id} is negative")
     drv = driver_for(req.driver, ds_id)
-    vm = drv.oned.vm(vm_id)
+    vm = fetch_vm(drv, vm_id)
     name = vm_disk(vm, dst.disk_id).volume(drv.names, vm_id)
     snapshot = drv.names.disk_snapshot(name, snap_id)
+    tags = {"virt": "one", "nloc": drv.names.px, "nvm": str(vm_id), "diskid": str(dst.disk_id)}
     with drv.lock(name):
         limit = _limit(drv, vm)
         if limit is not None:
-            existing = drv.backend.snapshots(f"{name}-snap")
+            existing = [s for s in drv.backend.snapshots(f"{name}-snap")
+                        if re.fullmatch(r"[0-9]+", s.name[len(name) + 5:])]
+            if any(s.name == snapshot for s in existing):
+                _check_ours(drv, snapshot, tags)
+                return
             if len(existing) >= limit:
                 raise DriverError(f"disk {dst.disk_id} already has {len(existing)} snapshots "
                                   f"(DISKSNAPSHOT_LIMIT={limit})")
         freeze = req.action == "snap_create_live" and _wants_freeze(drv, vm)
-        if freeze:
-            _fsfreeze(drv, dst, vm, True)
+        frozen = _fsfreeze(drv, dst, vm) if freeze else False
         try:
-            drv.backend.snapshot(name, snapshot, tags={"virt": "one", "nloc": drv.names.px, "nvm": str(vm_id),
-                                                       "diskid": str(dst.disk_id)})
+            drv.backend.snapshot(name, snapshot, tags=tags)
+        except Conflict:
+            _check_ours(drv, snapshot, tags)
         finally:
-            if freeze:
-                _fsfreeze(drv, dst, vm, False)
+            if frozen:
+                _fsthaw(drv, dst, vm)
 
 
-def _limit(drv: Driver, vm) -> int | None:  # type: ignore[no-untyped-def]
+def _check_ours(drv: Driver, snapshot: str, tags: dict[str, str]) -> None:
+    found = drv.backend.get(snapshot)
+    if found is None or not found.snapshot or any(found.tags.get(k) != v for k, v in tags.items()):
+        raise DriverError(f"{snapshot} already exists and is not this disk's snapshot") from None
+
+
+def _limit(drv: Driver, vm: etree._Element) -> int | None:
+    """The VM's own DISKSNAPSHOT_LIMIT, else its system datastore's, else the configuration's
+    (overlaid with the disk's datastore attributes)."""
     raw = xmldoc.text(vm, "USER_TEMPLATE/DISKSNAPSHOT_LIMIT") or xmldoc.text(vm, "TEMPLATE/DISKSNAPSHOT_LIMIT")
+    history = vm.findall("HISTORY_RECORDS/HISTORY")
+    system_ds = xmldoc.text(history[-1], "DS_ID") if history else ""
+    if not raw and system_ds.isdigit() and int(system_ds) != drv.ds_id:
+        raw = xmldoc.text(drv.oned.datastore(int(system_ds)), "TEMPLATE/DISKSNAPSHOT_LIMIT")
     if raw:
-        if not raw.isdigit():
+        if not raw.isascii() or not raw.isdigit():
             raise DriverError(f"DISKSNAPSHOT_LIMIT={raw!r} is not a whole number")
         return int(raw)
     return drv.config.integer("DISKSNAPSHOT_LIMIT")
 
 
-def _wants_freeze(drv: Driver, vm) -> bool:  # type: ignore[no-untyped-def]
-    agent = xmldoc.text(vm, "TEMPLATE/FEATURES/GUEST_AGENT").lower() == "yes"
-    return agent and drv.config.get("VMSNAPSHOT_FSFREEZE", "1") not in ("0", "no", "")
+def _wants_freeze(drv: Driver, vm: etree._Element) -> bool:
+    agent = xmldoc.text(vm, "TEMPLATE/FEATURES/GUEST_AGENT").lower() in TRUE
+    return agent or drv.config.get("VMSNAPSHOT_FSFREEZE", "0").lower() in TRUE
 
 
-def _fsfreeze(drv: Driver, dst: DiskPath, vm, freeze: bool) -> None:  # type: ignore[no-untyped-def]
+def _deploy_id(vm: etree._Element) -> str:
     deploy_id = xmldoc.text(vm, "DEPLOY_ID")
-    if not deploy_id:
-        return
-    verb = "domfsfreeze" if freeze else "domfsthaw"
+    if deploy_id and not _DEPLOY_ID.fullmatch(deploy_id):
+        raise DriverError(f"VM {xmldoc.text(vm, 'ID')} has an unusable DEPLOY_ID {deploy_id!r}")
+    return deploy_id
+
+
+def _virsh(drv: Driver, dst: DiskPath, verb: str, deploy_id: str) -> tuple[bool, str]:
     uri = drv.config.get("LIBVIRT_URI") or "qemu:///system"
-    result = drv.shell(dst.host).run(["virsh", "--connect", uri, verb, deploy_id], check=not freeze)
-    if freeze and result.returncode != 0:
-        log.vm_log(xmldoc.text(vm, "ID"), "guest file systems not frozen (no guest agent answer); "
-                   "snapshot taken without freeze", severity="INFO")
+    try:
+        proc = drv.shell(dst.host).run(["virsh", "--connect", uri, verb, deploy_id], check=False, timeout=60)
+    except DriverError as exc:
+        return False, str(exc)
+    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return proc.returncode == 0, lines[-1].strip()[:200] if lines else f"exit {proc.returncode}"
+
+
+def _fsfreeze(drv: Driver, dst: DiskPath, vm: etree._Element) -> bool:
+    """Freeze the guest's file systems; False (and an INFO line) when that is not possible."""
+    vm_id = xmldoc.text(vm, "ID")
+    deploy_id = _deploy_id(vm)
+    if not deploy_id:
+        log.vm_log(vm_id, "no libvirt domain known (DEPLOY_ID): disk snapshot taken without fsfreeze")
+        return False
+    ok, why = _virsh(drv, dst, "domfsfreeze", deploy_id)
+    if not ok:
+        log.vm_log(vm_id, f"guest file systems not frozen ({why}): disk snapshot taken without fsfreeze")
+    return ok
+
+
+def _fsthaw(drv: Driver, dst: DiskPath, vm: etree._Element) -> None:
+    ok, why = _virsh(drv, dst, "domfsthaw", _deploy_id(vm))
+    if not ok:
+        log.vm_log(xmldoc.text(vm, "ID"), f"guest file systems not thawed ({why}): run virsh domfsthaw",
+                   severity="ERROR")

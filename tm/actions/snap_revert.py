@@ -7,22 +7,25 @@ path, so ``disk.N``, does not change). Backend calls: detach + revert + attach (
 
 from __future__ import annotations
 
-from onelib.errors import NotFound
+from onelib.errors import DriverError, NotFound
 from onelib.paths import number
 
-from ..common import disk_path, driver_for, ds_id_arg, vm_disk, vm_id_arg
+from ..common import disk_path, driver_for, ds_id_arg, fetch_vm, vm_disk, vm_id_arg
 from ..entry import TmRequest
 
 
 def run(req: TmRequest) -> None:
-    dst = disk_path(req.arg(0, "disk"))
     snap_id = number(req.arg(1, "snapshot id"), "snapshot id")
     vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
+    dst = disk_path(req.arg(0, "disk"), "disk", vm_id)
+    if snap_id < 0:
+        raise DriverError(f"snapshot id {snap_id} is negative")
     drv = driver_for(req.driver, ds_id)
-    disk = vm_disk(drv.oned.vm(vm_id), dst.disk_id)
+    disk = vm_disk(fetch_vm(drv, vm_id), dst.disk_id)
     name = disk.volume(drv.names, vm_id)
     host = drv.host(dst.host)
     snapshot = drv.names.disk_snapshot(name, snap_id)
+    readonly = disk.attach_readonly
     with drv.lock(name):
         drv.backend.detach(name, host)
         try:
@@ -30,4 +33,4 @@ def run(req: TmRequest) -> None:
         except NotFound:
             raise NotFound(f"disk {dst.disk_id} has no snapshot {snap_id} ({snapshot})") from None
         finally:
-            drv.backend.attach(name, host, readonly=disk.readonly)
+            drv.backend.attach(name, host, readonly=readonly)
