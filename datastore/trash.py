@@ -68,7 +68,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 f'DESCRIPTION="restored from {snap.name}"\n')
     with drv.lock(source):
         drv.backend.clone(snap.name, source, placement=drv.placement(), from_snapshot=True,
-                          tags={"virt": "one", "nloc": drv.names.px, "type": "PERS"})
+                          tags={"virt": "one", "nloc": drv.names.px})
         try:
             image_id = drv.oned.image_allocate(template, drv.ds_id)
         except BaseException:
