@@ -423,7 +423,9 @@ def test_open_devices_are_busy_unless_forced(sim: StorPoolSim, api: spapi.Api) -
     finally:
         os.close(fd)
     deadline = time.monotonic() + 5
-    while dev in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout:
+    # exact line match: "/dev/loop1" is a prefix of "/dev/loop10" another test may hold
+    while any(line.startswith(dev + ":") for line in
+              subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()):
         assert time.monotonic() < deadline, "the force-detached device was never released"
         time.sleep(0.05)
     strict(api.volumesReassignWait, {"reassign": [{"volume": "v", "rw": [1]}]})
