@@ -144,12 +144,12 @@ def run_vmm(cloud: Cloud, name: str, argv: list[str], stdin: bytes,
                           capture_output=True, env=cloud.env, cwd=cloud.home, timeout=300, check=False)
 
 
-def save(cloud: Cloud, vm: Vm, host: str = "node1", name: str = "save",
+def save(cloud: Cloud, vm: Vm, host: str = "node1", name: str = "save-tweaks",
          **kw: str) -> subprocess.CompletedProcess[bytes]:
     return run_vmm(cloud, name, [vm.uuid, vm.checkpoint(host), host, str(vm.id), host], message(cloud, vm, host, **kw))
 
 
-def restore(cloud: Cloud, vm: Vm, host: str = "node1", name: str = "restore",
+def restore(cloud: Cloud, vm: Vm, host: str = "node1", name: str = "restore-tweaks",
             **kw: str) -> subprocess.CompletedProcess[bytes]:
     return run_vmm(cloud, name, [vm.checkpoint(host), host, vm.uuid, str(vm.id), host],
                    message(cloud, vm, host, **kw))
@@ -390,7 +390,8 @@ def test_other_drivers_get_the_stock_remote_scripts(cloud: Cloud, domains: Domai
     assert ssh_lines(cloud, "node1", f"{remotes}/vmm/kvm/restore {checkpoint} node1 {vm.uuid} {vm.id} node1")
 
 
-@pytest.mark.parametrize("name", ["save", "tmsave", "save_linstor_un", "restore", "tmrestore", "restore_linstor_un"])
+@pytest.mark.parametrize("name", ["save-tweaks", "tmsave", "save_linstor_un", "restore-tweaks", "tmrestore",
+                                  "restore_linstor_un"])
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -431,7 +432,7 @@ def test_bad_calls_fail_with_one_line_and_change_nothing(cloud: Cloud, name: str
 
 
 def test_every_alias_is_installed() -> None:
-    for name in ("save", "restore", "tmsave", "tmrestore", "save_linstor_un", "restore_linstor_un"):
+    for name in ("save-tweaks", "restore-tweaks", "tmsave", "tmrestore", "save_linstor_un", "restore_linstor_un"):
         path = KVM / name
         assert path.is_file() and os.access(path, os.X_OK), path
         assert path.read_text() == (KVM / "deploy-tweaks").read_text()

@@ -42,7 +42,7 @@ from storage_env import REPO, SSHD, SYSTEM_DS, Cloud, Sshd, cloud, sshd
 FIXTURES = (cloud, sshd, libvirtd)
 pytestmark = pytest.mark.libvirtd
 
-MIGRATE = REPO / "vmm" / "kvm" / "migrate"
+MIGRATE = REPO / "vmm" / "kvm" / "migrate-tweaks"
 ONE_NS = "http://opennebula.org/xmlns/libvirt/1.0"
 NODE2_DIRS = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "etc": "/etc/libvirt", "log": "/var/log/libvirt"}
 # Runs inside the new mount namespace: the host's libvirt directories become node2's, then

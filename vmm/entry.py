@@ -4,6 +4,7 @@ script would, and the base64 of what the remote script would read on stdin."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ def vmm_main(path: str | None = None) -> None:
     script = os.path.abspath(path or sys.argv[0])
     name = os.path.basename(script)
     module_name = name.split(".", 1)[0].replace("-", "_")
+    if module_name.endswith("_tweaks") and importlib.util.find_spec(f"vmm.actions.{module_name}") is None:
+        # installed names carry "-tweaks" so they never shadow OpenNebula's own scripts
+        module_name = module_name.removesuffix("_tweaks")
 
     def act(argv: Sequence[str]) -> str | None:
         stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
