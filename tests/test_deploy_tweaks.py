@@ -36,7 +36,7 @@ cat > "$1"
 if [ "${CREATE}" = 1 ]; then
     name=$(xmllint --xpath 'string(/domain/name)' "$1")
     virsh --connect qemu:///system create "$1" >/dev/null
-    virsh --connect qemu:///system domuuid "$name" | head -n 1
+    virsh --connect qemu:///system domuuid "$name"
 else
     echo "@UUID@"
 fi

@@ -242,3 +242,11 @@ def test_fuzzed_values_never_break_the_output(rng, attribute, value):
     assert rng.validate(outcome.tree), [e.message for e in rng.error_log]
     for result in outcome.report.results:
         assert result.status != "rolled-back", result.reason
+
+
+def test_explicit_scsi_queues_win_over_blk_queues(assert_valid):
+    root, _ = tweak({"T_BLK_QUEUES": "YES", "T_SCSI_QUEUES": "1"}, vcpu=4,
+                    domain=domain_with_vcpu(4), template={"FEATURES/VIRTIO_SCSI_QUEUES": ""})
+    assert drivers(root, "devices/controller[@model='virtio-scsi']/driver", "queues") == ["1"]
+    assert drivers(root, "devices/disk[@device='disk']/driver", "queues") == ["4", None, "4"]
+    assert_valid(etree.ElementTree(root))

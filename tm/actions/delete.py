@@ -18,6 +18,7 @@ context) is deleted, and the directory removed on the host.
 from __future__ import annotations
 
 import posixpath
+import re
 import time
 
 from lxml import etree
@@ -105,4 +106,16 @@ def delete_dir(drv: Driver, host: str, path: str, vm_id: int) -> None:
             continue  # VM snapshots and trash stay; they have their own lifecycle
         with drv.lock(volume.name):
             backend.delete(volume.name)
+    for snapshot in disk_snapshots_of_gone_disks(drv, vm_id):
+        backend.delete(snapshot, snapshot=True)
     drv.shell(host).run(["rm", "-rf", "--one-file-system", path])
+
+
+def disk_snapshots_of_gone_disks(drv: Driver, vm_id: int) -> list[str]:
+    """Disk snapshots (``<volume>-snapN``) of the VM's non-persistent disks: oned forgets
+    them with the VM, so the VM directory's delete (the last epilog step) removes them.
+    A persistent image's snapshots belong to the image and stay."""
+    px = re.escape(drv.names.px)
+    mine = re.compile(rf"(?:{px}-img-\d+-{vm_id}-\d+|{px}-sys-{vm_id}-\d+-(?:raw|swap))-snap\d+")
+    return [s.name for s in drv.backend.snapshots(f"{drv.names.px}-")
+            if mine.fullmatch(s.name) and not s.tags.get("trash")]
