@@ -43,7 +43,7 @@ FIXTURES = (cloud, sshd, libvirtd, guest_image)
 pytestmark = pytest.mark.libvirtd
 
 DEPLOY = REPO / "vmm" / "kvm" / "deploy-tweaks"
-RESIZE_DISK = REPO / "vmm" / "kvm" / "resize_disk"
+RESIZE_DISK = REPO / "vmm" / "kvm" / "resize_disk-tweaks"
 VM_ID = 7342                      # domain one-7342: unlikely to meet another test's domain
 IMAGE, DATABLOCK = 70, 71         # image ids
 VCPU, VCPU_MAX = 1, 2             # <vcpu current='1'>2</vcpu>: qemu's default queue count would be 1
@@ -421,27 +421,22 @@ def ok_stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 def _live_resize(cloud: Cloud, name: str, uuid: str, volume: str) -> None:
     """oned's RESIZEDISK of the volatile disk: DISK/SIZE set, the TM RESIZE line, then the VMM
-    ``resize_disk`` step (our local override ``vmm/kvm/resize_disk`` when it exists, else what
-    the stock remote script does: ``virsh blockresize`` on the host): the guest sees it grow."""
+    ``resize_disk`` step through our override ``vmm/kvm/resize_disk-tweaks`` (``virsh
+    blockresize`` on the host): the guest sees it grow."""
     vm = cloud.oned.vm(VM_ID)
     disk = next(d for d in vm.iterfind("TEMPLATE/DISK") if d.findtext("DISK_ID") == "2")
     disk.find("SIZE").text = etree.CDATA(str(VOLATILE_GROWN_MB))  # type: ignore[union-attr]
     ok(cloud.run_tm("resize", cloud.tm_path("node1", VM_ID, 2), str(VOLATILE_GROWN_MB), str(VM_ID), str(SYSTEM_DS)))
     assert sim_size(cloud, volume) == VOLATILE_GROWN_MB * MiB
-    if RESIZE_DISK.exists():
-        root = etree.Element("VMM_DRIVER_ACTION_DATA")
-        etree.SubElement(root, "HOST").text = "node1"
-        etree.SubElement(root, "DEPLOY_ID").text = uuid
-        root.append(cloud.oned.served("vm", VM_ID))
-        root.append(cloud.oned.served("datastore", SYSTEM_DS))
-        msg = base64.b64encode(etree.tostring(root))
-        ok(subprocess.run([sys.executable, str(RESIZE_DISK), uuid, "2", str(VOLATILE_GROWN_MB), msg.decode(), "node1",
-                           str(VM_ID), "node1"], input=msg, capture_output=True, env=cloud.env, cwd=cloud.home,
-                          timeout=120, check=False))
-    else:
-        proc = cloud.ssh("node1", "virsh", "--connect", "qemu:///system", "blockresize", uuid, "vdb",
-                         f"{VOLATILE_GROWN_MB}M")
-        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    root = etree.Element("VMM_DRIVER_ACTION_DATA")
+    etree.SubElement(root, "HOST").text = "node1"
+    etree.SubElement(root, "DEPLOY_ID").text = uuid
+    root.append(cloud.oned.served("vm", VM_ID))
+    root.append(cloud.oned.served("datastore", SYSTEM_DS))
+    msg = base64.b64encode(etree.tostring(root))
+    ok(subprocess.run([sys.executable, str(RESIZE_DISK), uuid, "2", str(VOLATILE_GROWN_MB), msg.decode(), "node1",
+                       str(VM_ID), "node1"], input=msg, capture_output=True, env=cloud.env, cwd=cloud.home,
+                      timeout=120, check=False))
     deadline = time.monotonic() + 20
     while True:
         size = lsblk(name)["vdb"]["size"]
