@@ -38,6 +38,14 @@ DEFAULTS: dict[str, str] = {
     "CHECKPOINT_MARGIN": "1.1",
 }
 
+# addon-linstor_un's datastore attributes: a datastore's own value reaches the linstor_un
+# backend (placement, clone mode) like the SP_* and LS_* attributes do
+LINSTOR_ATTRS = frozenset({
+    "CLONE_MODE", "NODE_LIST", "LAYER_LIST", "PROVIDERS", "REPLICAS_ON_SAME", "REPLICAS_ON_DIFFERENT",
+    "AUTO_PLACE", "REPLICA_COUNT", "CHECKPOINT_AUTO_PLACE", "CHECKPOINT_REPLICA_COUNT", "DO_NOT_PLACE_WITH",
+    "DO_NOT_PLACE_WITH_REGEX", "STORAGE_POOL", "DISKLESS_POOL", "ENCRYPTION", "RESOURCE_GROUP", "PREFER_NODE",
+})
+
 
 def parse_shell_vars(text: str, source: str) -> dict[str, str]:
     """``NAME=value`` / ``export NAME="value"`` lines; comments and blanks ignored."""
@@ -81,7 +89,8 @@ class Config:
     def overlay(self, attrs: Mapping[str, str]) -> Config:
         """This configuration with a datastore's (or VM's) same-named attributes on top."""
         merged = dict(self.values)
-        merged.update({k: v for k, v in attrs.items() if k in self.values or k.startswith(("SP_", "LS_"))})
+        merged.update({k: v for k, v in attrs.items()
+                       if k in self.values or k in LINSTOR_ATTRS or k.startswith(("SP_", "LS_"))})
         return Config(merged)
 
     def integer(self, name: str, minimum: int = 0) -> int | None:
@@ -101,3 +110,34 @@ class Config:
         if not digits.isdigit():
             raise DriverError(f"configuration {name}={raw!r} is not a duration like 48h")
         return int(digits) * (scale or 1)
+
+
+def read_storpool_conf(path: str, hostname: str | None = None) -> dict[str, str]:
+    """``/etc/storpool.conf`` (and ``.conf.d/*.conf``): global ``KEY=value`` lines, then the
+    ``[hostname]`` section's (this host's by default), the way StorPool's tools read it."""
+    import socket
+
+    files = [path]
+    conf_d = path + ".d"
+    if os.path.isdir(conf_d):
+        files += sorted(os.path.join(conf_d, f) for f in os.listdir(conf_d) if f.endswith(".conf"))
+    host = hostname or socket.gethostname()
+    values: dict[str, str] = {}
+    for name in files:
+        try:
+            with open(name, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        sections: dict[str, list[str]] = {"": []}
+        current = ""
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                current = stripped[1:-1].strip()
+                sections.setdefault(current, [])
+            else:
+                sections[current].append(line)
+        values.update(parse_shell_vars("\n".join(sections[""]), name))
+        values.update(parse_shell_vars("\n".join(sections.get(host, [])), name))
+    return values

@@ -208,30 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
         plugin = _plugin(args_list[0])
         if plugin is not None:
-            return _guarded(lambda: plugin(args_list[1:]))
+            return _guarded(lambda: plugin(args_list[1:]), EXIT_PROBLEMS)
     helping = not args_list or args_list[0] in ("-h", "--help")
     args = _parser(plugin_names() if helping else ()).parse_args(args_list)
-    try:
-        return COMMANDS[args.command](args)
-    except TweakError as exc:
-        _stderr(str(exc))
-        return EXIT_PROBLEMS if args.command == "check" else EXIT_USAGE
-    except BrokenPipeError:
-        return EXIT_OK
-    except KeyboardInterrupt:
-        _stderr("interrupted")
-        return 130
-    except Exception as exc:  # last resort: one line, never a traceback
-        _stderr(f"internal error: {type(exc).__name__}: {exc}")
-        return EXIT_INTERNAL
+    # bad input to `check` is a problem found; to anything else, a usage error
+    return _guarded(lambda: COMMANDS[args.command](args), EXIT_PROBLEMS if args.command == "check" else EXIT_USAGE)
 
 
-def _guarded(call: Callable[[], int]) -> int:
+def _guarded(call: Callable[[], int], on_error: int) -> int:
+    """Run a command; every failure becomes one line on stderr, never a traceback."""
     try:
         return call()
     except TweakError as exc:
         _stderr(str(exc))
-        return EXIT_PROBLEMS
+        return on_error
     except BrokenPipeError:
         return EXIT_OK
     except KeyboardInterrupt:

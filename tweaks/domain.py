@@ -152,3 +152,13 @@ def socket_cells(sockets: int, cores: int, threads: int, *, interleave: bool = F
         cell = core % sockets if interleave else core // cores
         per_cell[cell].extend(range(core * threads, (core + 1) * threads))
     return [cpuset_format(ids) for ids in per_cell]
+
+
+def int_attr(value: str | None, default: int | None = None) -> int | None:
+    """An XML attribute as a whole number: ``default`` when absent, None when not a number."""
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from onelib.config import read_storpool_conf as read_storpool_conf  # re-exported for the drivers
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 
 API_PREFIX = "/ctrl/1.0/"
@@ -37,38 +36,6 @@ class ObjectMissing(StorPoolError, NotFound):
 
 class ObjectExists(StorPoolError, Conflict):
     pass
-
-
-def read_storpool_conf(path: str, hostname: str | None = None) -> dict[str, str]:
-    """``/etc/storpool.conf`` (and ``.conf.d/*.conf``): global ``KEY=value`` lines, then the
-    ``[hostname]`` section's, the way StorPool's tools read it."""
-    from onelib.config import parse_shell_vars
-
-    files = [path]
-    conf_d = path + ".d"
-    if os.path.isdir(conf_d):
-        files += sorted(os.path.join(conf_d, f) for f in os.listdir(conf_d) if f.endswith(".conf"))
-    host = hostname or socket.gethostname()
-    values: dict[str, str] = {}
-    for name in files:
-        try:
-            with open(name, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        sections: dict[str, list[str]] = {"": []}
-        current = ""
-        for line in text.splitlines():
-            stripped = line.strip()
-            if stripped.startswith("[") and stripped.endswith("]"):
-                current = stripped[1:-1].strip()
-                sections.setdefault(current, [])
-            else:
-                sections[current].append(line)
-        values.update(parse_shell_vars("\n".join(sections[""]), name))
-        if host in sections:
-            values.update(parse_shell_vars("\n".join(sections[host]), name))
-    return values
 
 
 class Api:

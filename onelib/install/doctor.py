@@ -21,11 +21,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 
-from ..config import Config, parse_shell_vars
+from ..config import Config, read_storpool_conf
 from ..errors import DriverError
 from . import files, patch, plan
 from . import template as t
@@ -261,38 +260,11 @@ def check_scripts(remotes: str, the_plan: plan.Plan, report: Report) -> None:
 # --- storage API -------------------------------------------------------------------------
 
 
-def _storpool_conf(path: str) -> dict[str, str]:
-    """Global and ``[this host]`` settings of /etc/storpool.conf (and .conf.d/*.conf)."""
-    names = [path]
-    if os.path.isdir(path + ".d"):
-        names += sorted(os.path.join(path + ".d", f) for f in os.listdir(path + ".d") if f.endswith(".conf"))
-    host = socket.gethostname()
-    values: dict[str, str] = {}
-    for name in names:
-        try:
-            with open(name, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        sections: dict[str, list[str]] = {"": []}
-        current = ""
-        for line in text.splitlines():
-            s = line.strip()
-            if s.startswith("[") and s.endswith("]"):
-                current = s[1:-1].strip()
-                sections.setdefault(current, [])
-            else:
-                sections[current].append(line)
-        values.update(parse_shell_vars("\n".join(sections[""]), name))
-        values.update(parse_shell_vars("\n".join(sections.get(host, [])), name))
-    return values
-
-
 def check_storpool_api(report: Report) -> None:
     conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
     try:
         config = Config.load()
-        sp = _storpool_conf(config.get("SP_STORPOOL_CONF"))
+        sp = read_storpool_conf(config.get("SP_STORPOOL_CONF"))
     except DriverError as exc:
         report.add(f"api: {exc}: fix that file")
         return

@@ -17,18 +17,9 @@ follow the cells.
 
 from __future__ import annotations
 
-from ..domain import numa_cells, socket_cells, vcpu_count
+from ..domain import int_attr, numa_cells, socket_cells, vcpu_count
 from ..params import Bool
 from ..tweak import Context, Tweak
-
-
-def _int(value: str | None, default: int | None = None) -> int | None:
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 class CpuNumaAlt(Tweak):
@@ -52,10 +43,10 @@ class CpuNumaAlt(Tweak):
         if ctx.facts.get("template.TOPOLOGY/SOCKETS") is not None and not ctx.explicit("interleave"):
             ctx.note("kept oned's TOPOLOGY / NUMA layout")
             return
-        sockets = _int(topology.get("sockets"))
-        dies = _int(topology.get("dies"), 1)
-        cores = _int(topology.get("cores"))
-        threads = _int(topology.get("threads"))
+        sockets = int_attr(topology.get("sockets"))
+        dies = int_attr(topology.get("dies"), 1)
+        cores = int_attr(topology.get("cores"))
+        threads = int_attr(topology.get("threads"))
         if not sockets or not cores or not threads or dies != 1:
             ctx.note("CPU topology is not sockets/cores/threads with one die")
             return

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from ..domain import cpuset_parse, machine, numa_cells, socket_cells, vcpu_count, vcpu_current
+from ..domain import cpuset_parse, int_attr, machine, numa_cells, socket_cells, vcpu_count, vcpu_current
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
 from ..xmledit import Editor
@@ -41,15 +41,6 @@ def machine_limit(name: str) -> int:
     if name == "pc" or name.startswith("pc-"):
         return PC_LIMIT
     return MAX_VCPUS
-
-
-def _int(value: str | None, default: int | None = None) -> int | None:
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 class VcpuMax(Tweak):
@@ -100,8 +91,8 @@ class VcpuMax(Tweak):
         cells = numa_cells(root)
         edits: list[tuple[etree._Element, str, str]] = []
         if topology is not None:
-            sockets, dies = _int(topology.get("sockets")), _int(topology.get("dies"), 1)
-            cores, threads = _int(topology.get("cores")), _int(topology.get("threads"))
+            sockets, dies = int_attr(topology.get("sockets")), int_attr(topology.get("dies"), 1)
+            cores, threads = int_attr(topology.get("cores")), int_attr(topology.get("threads"))
             if not sockets or not dies or not cores or not threads:
                 raise ctx.reject("max", "the CPU <topology> is unreadable")
             if sockets * dies * cores * threads == new_max:
