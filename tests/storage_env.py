@@ -467,8 +467,19 @@ class Cloud:
         return self.device_dir(host) / name
 
     def detach(self, name: str, host: str, *, snapshot: bool = False) -> None:
+        """Detach the test's own attachment. The simulator calls a device "open" when ANY
+        process on the machine holds it (a just-closed writer, another test session's probe),
+        so a short "busy" is waited out rather than forced."""
         key = "snapshot" if snapshot else "volume"
-        self.sp("VolumesReassign", [{key: name, "detach": [self.hosts[host].client]}])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sp("VolumesReassign", [{key: name, "detach": [self.hosts[host].client]}])
+                return
+            except RuntimeError as exc:
+                if '"busy"' not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def make_volume(self, name: str, size_mb: int = 64, *, data: bytes = b"", template: str = "one-ds-100",
                     tags: Mapping[str, str] | None = None) -> None:
