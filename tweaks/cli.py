@@ -92,11 +92,10 @@ def _stderr(line: str) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from . import engine, loader
     from .validate import DomainSchema
 
-    schema = DomainSchema()  # compiles libvirt's schema on a thread while the rest loads and runs
-
-    from . import engine, loader
+    schema = DomainSchema()
 
     domain_data = _read(args.domain, "domain XML")
     vm_data = _read(args.vm, "VM XML")
