@@ -11,9 +11,17 @@ failures raise ``onelib.errors.DriverError`` (``NotFound`` when the object is ab
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from onelib.errors import DriverError
 from tweaks.record import field, record
+
+if TYPE_CHECKING:
+    from onelib.config import Config
+    from onelib.hostcmd import Host
+
+    from .naming import Names
 
 
 @record
@@ -53,6 +61,31 @@ class HostRef:
 
 class Backend(abc.ABC):
     name: str = ""
+    #: ``rename`` works (StorPool); without it imports are written in place (datastore.imageds)
+    can_rename: bool = True
+    #: snapshots can delete themselves later (``delete_after``): TM delete's trash
+    delayed_delete: bool = True
+    #: ``backup_remote`` works (StorPool VolumeBackup): DS rm's REMOTE_BACKUP_DELETE
+    remote_backup: bool = False
+    #: where data copies run for backends that copy through a host (LINSTOR): set by the
+    #: Driver; returns the host's attachment target and a shell on it
+    mover: Callable[[], tuple[HostRef, Host]] | None = None
+
+    # --- configuration -----------------------------------------------------------------------
+    @classmethod
+    def host_ref(cls, name: str, attrs: Mapping[str, str], config: Config) -> HostRef:
+        """Where volumes attach for OpenNebula host ``name`` ("" = the front-end), from its
+        host TEMPLATE ``attrs`` and the driver configuration."""
+        raise DriverError(f"the {cls.name or cls.__name__} backend cannot attach volumes to hosts")
+
+    @classmethod
+    def default_placement(cls, config: Config, names: Names, ds_id: int) -> str:
+        """The placement a datastore's volumes get (StorPool template / LINSTOR resource group)."""
+        return ""
+
+    def dual_primary(self, names: Sequence[str], enabled: bool) -> None:  # noqa: B027 - optional hook
+        """Live migration: let both hosts open ``names`` at once while ``enabled`` (LINSTOR:
+        DRBD allow-two-primaries); nothing for backends that always allow it."""
 
     # --- volumes ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -122,6 +155,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def device_path(self, name: str, host: HostRef) -> str: ...
+
+    # --- remote copies ---------------------------------------------------------------------
+    def backup_remote(self, name: str, location: str, tags: Mapping[str, str] | None = None) -> str:
+        """Copy volume ``name`` to the remote cluster ``location`` (one call); returns the
+        backup's id there ("" when the backend names none)."""
+        raise DriverError(f"the {self.name or type(self).__name__} backend cannot back volumes up to a "
+                          f"remote location (REMOTE_BACKUP_DELETE)")
 
     # --- accounting ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -17,13 +17,12 @@ from lxml import etree
 
 from onelib import xmldoc
 from onelib.config import Config
-from onelib.errors import DriverError
 from onelib.hostcmd import Host
 from onelib.oned import Oned
 
 from .backend import Backend, HostRef
 from .backends import backend_class
-from .naming import Names
+from .naming import for_driver
 
 LOCK_DIR = "/var/lock/one-tweaks"
 
@@ -36,7 +35,7 @@ class Driver:
         base = config or Config.load()
         attrs = xmldoc.template_attrs(datastore.find("TEMPLATE")) if datastore is not None else {}
         self.config = base.overlay(attrs)
-        self.names = Names(px=self.config.get("ONE_PX") or "one")
+        self.names = for_driver(driver, self.config.get("ONE_PX") or "one")
         self._oned = oned
         self._backend = backend
         self._hosts: dict[str, HostRef] = {}
@@ -53,6 +52,8 @@ class Driver:
         if self._backend is None:
             cls = backend_class(self.driver)
             self._backend = cls.from_config(self.config)  # type: ignore[attr-defined]
+        if self._backend.mover is None:
+            self._backend.mover = self._mover
         return self._backend
 
     @property
@@ -60,9 +61,11 @@ class Driver:
         return xmldoc.integer(self.datastore, "ID", "datastore")
 
     def placement(self, ds_id: int | None = None) -> str:
-        """The datastore's StorPool template (addon-storpool: ``<ONE_PX>-ds-<ID>``)."""
-        explicit = self.config.get("SP_TEMPLATE")
-        return explicit or self.names.template(self.ds_id if ds_id is None else ds_id)
+        """The datastore's placement as its backend names it: StorPool's template
+        (addon-storpool: ``<ONE_PX>-ds-<ID>``), LINSTOR's resource group (RESOURCE_GROUP, or
+        "" for the datastore's own NODE_LIST/REPLICA_COUNT... attributes)."""
+        return backend_class(self.driver).default_placement(
+            self.config, self.names, self.ds_id if ds_id is None else ds_id)
 
     def shell(self, host: str) -> Host:
         ssh = shlex.split(self.config.get("SSH_COMMAND") or "ssh")
@@ -74,8 +77,9 @@ class Driver:
         return hosts[0] if hosts else ""
 
     def host(self, name: str) -> HostRef:
-        """Where volumes attach for OpenNebula host ``name``: its client id (host attribute
-        SP_OURID, else the host's section of storpool.conf) and its device directory."""
+        """Where volumes attach for OpenNebula host ``name`` ("" = the front-end): the
+        backend reads the host's template (StorPool: SP_OURID, SP_DEVICE_DIR; LINSTOR:
+        LS_NODE, LS_DEVICE_DIR) and the configuration."""
         cached = self._hosts.get(name)
         if cached is not None:
             return cached
@@ -84,18 +88,14 @@ class Driver:
             doc = self.oned.host_by_name(name)
             if doc is not None:
                 attrs = xmldoc.template_attrs(doc.find("TEMPLATE"))
-        client = attrs.get("SP_OURID", "")
-        if not client:
-            from .backends.storpool_api import read_storpool_conf
-
-            client = read_storpool_conf(self.config.get("SP_STORPOOL_CONF"), name or None).get("SP_OURID", "")
-        if not client.isdigit():
-            where = f"host {name}" if name else "the front-end"
-            raise DriverError(f"no StorPool client id (SP_OURID) for {where}: set it in the host's template")
-        device_dir = attrs.get("SP_DEVICE_DIR") or self.config.get("SP_DEVICE_DIR") or "/dev/storpool"
-        ref = HostRef(name=name, client=client, device_dir=device_dir)
+        ref = backend_class(self.driver).host_ref(name, attrs, self.config)
         self._hosts[name] = ref
         return ref
+
+    def _mover(self) -> tuple[HostRef, Host]:
+        """Where a backend copies data through a host: the bridge (see ``bridge``)."""
+        name = self.bridge()
+        return self.host(name), self.shell(name)
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

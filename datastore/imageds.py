@@ -10,6 +10,10 @@ volume ``<PX>-img-<ID>-<md5("<PX>-img-<ID>\\n")>`` (addon-storpool's name for it
 driver cleans up after the other) and only a complete volume is renamed to
 ``<PX>-img-<ID>``. A re-run deletes a leftover staging volume first; a failure deletes it;
 an existing ``<PX>-img-<ID>`` is never written to (the action fails instead).
+
+A backend that cannot rename (LINSTOR) gets the data written into the image's own volume,
+created with the tag ``incomplete=1`` that is removed once the data is complete: a re-run
+deletes such a leftover (and only such a one) and starts again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ _VOLUME = re.compile(r"[A-Za-z0-9_.-]{1,190}")
 _TEMPLATE = re.compile(r"[A-Za-z0-9_-]{1,190}")
 _TAG_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TRUE = frozenset({"1", "yes", "y", "true", "on"})
+INCOMPLETE = "incomplete"   # tag of an image volume being filled in place (no rename)
 
 
 def check_volume(name: str, what: str = "volume name") -> str:
@@ -88,7 +93,11 @@ class DsAction:
     def image_volume(self, image_id: int) -> str:
         """The image's volume: from its SOURCE when it has one (either SOURCE form), else by id."""
         source = xmldoc.text(self.image, "SOURCE")
-        return volume_from_source(source) if source else self.names.image(image_id)
+        return self.source_volume(source) if source else self.names.image(image_id)
+
+    def source_volume(self, source: str, what: str = "SOURCE") -> str:
+        """The volume an image SOURCE (or a clone's PATH) names, in the driver's SOURCE form."""
+        return volume_from_source(self.names.source_volume(source), what)
 
     def snapshot_id(self) -> int:
         snap = xmldoc.integer(self.image, "TARGET_SNAPSHOT", f"{self.request.action}: IMAGE")
@@ -143,7 +152,12 @@ class DsAction:
 
     # --- volumes -------------------------------------------------------------------------------
     def require_absent(self, name: str) -> None:
-        if self.driver.backend.get(name) is not None:
+        backend = self.driver.backend
+        found = backend.get(name)
+        if found is not None and not backend.can_rename and not found.snapshot and found.tags.get(INCOMPLETE):
+            backend.delete(name)    # an interrupted in-place import: start again
+            return
+        if found is not None:
             raise DriverError(f"volume {name} already exists; not overwriting it (delete it first if it is stale)")
 
     def fill_volume(self, *, final: str, size: int, placement: str, tags: Mapping[str, str],
@@ -153,13 +167,20 @@ class DsAction:
         backend = self.driver.backend
         ref = self.driver.host(host_name)      # resolved before anything is created
         shell = self.driver.shell(host_name)
-        backend.delete(staging)                # a crashed run's leftover (absent: one call)
+        in_place = not backend.can_rename      # callers made sure ``final`` is absent
+        if in_place:
+            staging, tags = final, {**tags, INCOMPLETE: "1"}
+        else:
+            backend.delete(staging)            # a crashed run's leftover (absent: one call)
         backend.create(staging, size, placement=placement, tags=tags)
         try:
             device = backend.attach(staging, ref)
             write(shell, device)
             backend.detach(staging, ref, force=True)
-            self._rename(staging, final)
+            if in_place:
+                backend.set_tags(final, {INCOMPLETE: ""})
+            else:
+                self._rename(staging, final)
         except BaseException:
             try:
                 backend.delete(staging)

@@ -713,11 +713,113 @@ def test_rm_uses_the_image_id_not_source(cloud: Cloud) -> None:
     assert set(cloud.volumes()) == {"one-img-82"}
 
 
-def test_rm_refuses_remote_backup_delete(cloud: Cloud) -> None:
-    cloud.create("one-img-83")
-    line = cloud.fails("rm", cloud.payload(83, ds_attrs={"REMOTE_BACKUP_DELETE": "remote-cluster"}), 83)
-    assert "REMOTE_BACKUP_DELETE" in line
-    assert set(cloud.volumes()) == {"one-img-83"} and cloud.sim.calls[-1][0] == "VolumeCreate"
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _backups(cloud: Cloud, location: str) -> list[dict[str, Any]]:
+    return list(cloud.sim.inventory()["backups"].get(location, []))
+
+
+def test_rm_backs_up_to_the_remote_location_before_deleting(cloud: Cloud) -> None:
+    cloud.sim.add_location("remote-a")
+    cloud.cp(84, cloud.images["files"]["disk.raw"])
+    cloud.snapshot("one-img-84", "one-img-84-snap0")
+    image = cloud.read("one-img-84")
+    cloud.reset_calls()
+    payload = cloud.payload(84, SOURCE="one-img-84", ds_attrs={"REMOTE_BACKUP_DELETE": "remote-a tag keep=1 src=one"})
+    assert cloud.ok("rm", payload, 84) == ""
+    # the backup is taken first (one call), then everything is deleted as without it
+    assert cloud.calls() == ["SnapshotsList", "VolumeBackup", "VolumesReassign", "VolumeDelete", "VolumesReassign",
+                             "VolumesReassign", "SnapshotDelete"]
+    assert cloud.sim.calls[1][1] == {"volume": "one-img-84", "location": "remote-a",
+                                     "tags": {"keep": "1", "src": "one"}}
+    (backup,) = _backups(cloud, "remote-a")
+    assert (backup["name"], backup["size"], backup["tags"]) == ("one-img-84", len(image), {"keep": "1", "src": "one"})
+    assert _sha(Path(backup["path"]).read_bytes()) == _sha(image)
+    assert cloud.volumes() == {} and cloud.snapshots() == {}
+    cloud.clean()
+
+
+def _expect_kept(cloud: Cloud, proc: subprocess.CompletedProcess[str], volume: str, image: bytes,
+                 since: int) -> str:
+    """rm failed with one line, and ``volume`` is kept as ``<volume>-<ts>``, tagged del=y,
+    its data and other tags intact; returns the kept name."""
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    kept = [name for name in cloud.volumes() if name.startswith(volume + "-")]
+    assert volume not in cloud.volumes() and len(kept) == 1, cloud.volumes()
+    stamp = kept[0][len(volume) + 1:]
+    assert stamp.isdigit() and since <= int(stamp) <= int(time.time())
+    assert f"kept as {kept[0]}" in lines[0] and "remote backup" in lines[0]
+    assert cloud.volumes()[kept[0]]["tags"] == {"virt": "one", "nloc": "one", "del": "y"}
+    assert _sha(cloud.read(kept[0])) == _sha(image)
+    return kept[0]
+
+
+def test_rm_keeps_the_volume_when_the_remote_backup_fails(cloud: Cloud) -> None:
+    cloud.sim.add_location("remote-a")
+    cloud.cp(85, cloud.images["files"]["disk.raw"])
+    cloud.snapshot("one-img-85", "one-img-85-snap0")
+    image = cloud.read("one-img-85")
+    cloud.reset_calls()
+    cloud.sim.fail("VolumeBackup")
+    since = int(time.time())
+    payload = cloud.payload(85, SOURCE="one-img-85", ds_attrs={"REMOTE_BACKUP_DELETE": "remote-a"})
+    proc = cloud.run("rm", payload, 85)
+    assert cloud.calls() == ["SnapshotsList", "VolumeBackup", "Volume", "VolumeUpdate", "VolumeUpdate"]
+    kept = _expect_kept(cloud, proc, "one-img-85", image, since)
+    assert set(cloud.snapshots()) == {"one-img-85-snap0"} and _backups(cloud, "remote-a") == []
+    # a re-run (the image volume is gone): no backup is needed, the rest goes, the kept volume stays
+    cloud.reset_calls()
+    assert cloud.ok("rm", payload, 85) == ""
+    assert cloud.calls() == ["SnapshotsList", "VolumeBackup", "Volume", "Snapshot", "VolumesReassign",
+                             "VolumesReassign", "VolumesReassign", "SnapshotDelete"]
+    assert set(cloud.volumes()) == {kept} and cloud.snapshots() == {}
+    assert _sha(cloud.read(kept)) == _sha(image) and _backups(cloud, "remote-a") == []
+    cloud.clean()
+
+
+def test_rm_keeps_the_volume_when_the_remote_location_is_unknown(cloud: Cloud) -> None:
+    cloud.sim.add_location("remote-a")
+    cloud.cp(86, cloud.images["files"]["disk.raw"])
+    image = cloud.read("one-img-86")
+    cloud.reset_calls()
+    since = int(time.time())
+    payload = cloud.payload(86, SOURCE="one-img-86", ds_attrs={"REMOTE_BACKUP_DELETE": "elsewhere"})
+    proc = cloud.run("rm", payload, 86)
+    assert cloud.calls() == ["SnapshotsList", "VolumeBackup", "Volume", "VolumeUpdate", "VolumeUpdate"]
+    _expect_kept(cloud, proc, "one-img-86", image, since)
+    assert "elsewhere" in proc.stderr and "does not exist" in proc.stderr
+    assert _backups(cloud, "remote-a") == []
+    cloud.clean()
+
+
+@pytest.mark.parametrize("setting", ["remote/a", "list", "x" * 64, "remote-a tag", "remote-a keep", "remote-a k=$(id)",
+                                     "remote-a tag k=v;id", "remote-a a=b=c"])
+def test_rm_refuses_a_bad_remote_backup_setting(cloud: Cloud, setting: str) -> None:
+    cloud.create("one-img-87")
+    cloud.reset_calls()
+    line = cloud.fails("rm", cloud.payload(87, ds_attrs={"REMOTE_BACKUP_DELETE": setting}), 87)
+    assert "REMOTE_BACKUP_DELETE" in line and "nothing was deleted" in line
+    assert cloud.sim.calls == [] and set(cloud.volumes()) == {"one-img-87"}
+
+
+def test_rm_with_remote_backup_killed_after_each_api_call_then_rerun(cloud: Cloud) -> None:
+    cloud.sim.add_location("remote-a")
+    rm_calls = ["SnapshotsList", "VolumeBackup", "VolumesReassign", "VolumeDelete", "VolumesReassign",
+                "VolumesReassign", "SnapshotDelete", "VolumesReassign", "SnapshotDelete"]
+    for step in range(1, len(rm_calls)):
+        vol = _image_with_snapshots(cloud, 620 + step)
+        image = cloud.read(vol)
+        payload = cloud.payload(620 + step, SOURCE=vol, ds_attrs={"REMOTE_BACKUP_DELETE": "remote-a"})
+        _kill_after(cloud, "rm", payload, 620 + step, rm_calls, step)
+        cloud.ok("rm", payload, 620 + step)
+        assert cloud.volumes() == {} and cloud.snapshots() == {}, step
+        mine = [b for b in _backups(cloud, "remote-a") if b["name"] == vol]
+        assert mine and all(_sha(Path(b["path"]).read_bytes()) == _sha(image) for b in mine), step
+    cloud.clean()
 
 
 # --- stat ---------------------------------------------------------------------------------------

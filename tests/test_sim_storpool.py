@@ -271,6 +271,11 @@ def test_every_call_through_spapi(sim: StorPoolSim, api: spapi.Api) -> None:
     strict(api.volumesReassign, [{"volume": "clone-p", "detach": "all", "force": True}])
     assert strict(api.attachmentsList) == []
 
+    # remote locations and backups
+    sim.add_location("remote-a")
+    assert [loc.name for loc in strict(api.locationsList)["locations"]] == ["remote-a"]
+    assert strict(api.volumeBackup, {"volume": "one-img-2", "location": "remote-a"}).remoteId
+
     # deletes
     strict(api.snapshotDeleteById, group.snapshots[0].snapshotGlobalId)
     strict(api.snapshotDelete, "one-img-2-snap0")  # has children: they are rebased
@@ -501,6 +506,73 @@ def test_fault_injection(sim: StorPoolSim, api: spapi.Api) -> None:
     strict(api.snapshotsList)
     with pytest.raises(ValueError):
         sim.fail("VolumesList", "explode")
+
+
+def test_volume_backup_copies_the_data_to_a_remote_location(sim: StorPoolSim, api: spapi.Api) -> None:
+    lid = sim.add_location("remote-a")
+    assert sim.add_location("dr.site:2", "zz") == "zz"
+    for bad in ("a b", "list", "x" * 64):
+        with pytest.raises(ValueError):
+            sim.add_location(bad)
+    with pytest.raises(ValueError):
+        sim.add_location("remote-b", "sim")  # the simulator's own location id
+    listed = strict(api.locationsList)["locations"]
+    assert [(loc.name, loc.id) for loc in listed] == [("remote-a", lid), ("dr.site:2", "zz")]
+
+    strict(api.volumeCreate, {"name": "v", "size": 8 * MiB, "tags": {"virt": "one"}})
+    strict(api.volumesReassignWait, {"reassign": [{"volume": "v", "rw": [1]}]})
+    dev = sim.device("v", 1) or ""
+    first = os.urandom(64 * 1024)
+    write_at(dev, 3 * MiB, first)
+    before = sim.inventory()
+    reply = strict(api.volumeBackup, {"volume": "v", "location": "remote-a", "tags": {"k": "v1"}})
+    assert reply.ok and reply.remoteId.startswith(f"{lid}.") and reply.autoName is None
+    write_at(dev, 3 * MiB, os.urandom(4096))  # after the backup: not in it
+    backups = sim.inventory()["backups"]
+    assert backups["dr.site:2"] == []
+    (entry,) = backups["remote-a"]
+    assert {k: entry[k] for k in ("name", "location", "size", "tags", "remoteId")} == {
+        "name": "v", "location": "remote-a", "size": 8 * MiB, "tags": {"k": "v1"}, "remoteId": reply.remoteId}
+    copy = Path(entry["path"])
+    assert copy.parent == sim.root / "remote" / "remote-a" and os.path.getsize(copy) == 8 * MiB
+    with open(copy, "rb") as fh:
+        fh.seek(3 * MiB)
+        assert fh.read(len(first)) == first
+    # the cluster itself did not change: no snapshot, the volume and its attachment stay
+    after = sim.inventory()
+    assert after["volumes"].keys() == before["volumes"].keys() and after["snapshots"] == {}
+    assert after["attachments"] == before["attachments"]
+
+    # the MultiCluster form, by global id
+    mc = spapi.Api(sim.host, sim.port, TOKEN, multiCluster=True, transientRetries=0)
+    gid = strict(api.volumeList, "v")[0].globalId
+    second = strict(mc.volumeBackup, {"volume": f"~{gid}", "location": "dr.site:2"})
+    assert sim.requests[-1]["path"] == "/ctrl/1.0/MultiCluster/VolumeBackup"
+    assert second.remoteId.startswith("zz.") and len(sim.inventory()["backups"]["dr.site:2"]) == 1
+
+    # errors: nothing is recorded
+    err = api_error(lambda: api.volumeBackup({"volume": "v", "location": "nowhere"}))
+    assert (err.name, err.desc) == ("objectDoesNotExist", "Location nowhere does not exist")
+    assert api_error(lambda: api.volumeBackup({"volume": "nope", "location": "remote-a"})).name == "objectDoesNotExist"
+    for body in ({"volume": "v", "location": "a b"}, {"volume": "v"}, {"volume": "v", "location": "remote-a", "x": 1},
+                 {"volume": "v", "location": "remote-a", "tags": {"k": "a b"}}):
+        assert http_call(sim, "POST", "VolumeBackup", body)[1]["error"]["name"] == "invalidParam", body
+    assert http_call(sim, "GET", "VolumeBackup")[0] == 405
+    sim.bulk_create(1, MiB, prefix="bulk")
+    assert api_error(lambda: api.volumeBackup({"volume": "bulk-0", "location": "remote-a"})).name == "invalidParam"
+
+    # fault injection as for every call
+    sim.fail("VolumeBackup")
+    assert api_error(lambda: api.volumeBackup({"volume": "v", "location": "remote-a"})).name == "invalidParam"
+    sim.fail("VolumeBackup", "transient")
+    strict(api.volumeBackup, {"volume": "v", "location": "remote-a"})  # spapi retries it
+    sim.fail("VolumeBackup", "error", apply=True)  # done, but the reply says it failed
+    api_error(lambda: api.volumeBackup({"volume": "v", "location": "remote-a"}))
+    sim.fail("_copy")  # the data copy fails: no backup, no file
+    assert api_error(lambda: api.volumeBackup({"volume": "v", "location": "remote-a"})).name == "invalidParam"
+    assert len(sim.inventory()["backups"]["remote-a"]) == 3
+    assert len(list((sim.root / "remote" / "remote-a").iterdir())) == 3
+    strict(api.volumesReassignWait, {"reassign": [{"volume": "v", "detach": "all"}]})
 
 
 def test_delete_after_and_anonymous_snapshots(sim: StorPoolSim, api: spapi.Api) -> None:

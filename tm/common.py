@@ -104,8 +104,9 @@ class VmDisk:
         if self.persistent:
             # the image's own volume: its SOURCE (images imported under other names keep
             # them), else addon-storpool's name for the image
-            if self.source and _VOLUME.fullmatch(self.source):
-                return self.source
+            source = names.source_volume(self.source) if self.source else ""
+            if source and _VOLUME.fullmatch(source):
+                return source
             return names.image(self.image_id)
         return names.clone(self.image_id, vm_id, self.disk_id)
 

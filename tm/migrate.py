@@ -2,7 +2,9 @@
 (mv). Volumes are attached on the destination in one call, then detached from the
 source in one call; ``disk.N`` links follow. With a non-shared system datastore
 (SP_SYSTEM=ssh, addon-storpool's default) the small files of the VM directory
-(deployment files, context.sh) are copied through the front-end too.
+(deployment files, context.sh) are copied through the front-end too. Backends that let
+only one host open a volume (LINSTOR/DRBD) allow two for the move (``dual_primary``): from
+attach_on (premigrate) until detach_from (postmigrate, failmigrate).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def attach_on(drv: Driver, vm: etree._Element, vm_id: int, host: str, vm_dir: st
     items = [(name, disk.attach_readonly) for disk, name in volumes]
     extra = _system_extras(drv, vm_id, {name for _, name in volumes})
     items += [(name, False) for name in extra]
+    drv.backend.dual_primary([name for name, _ in items], True)  # both hosts open them during the move
     devices = drv.backend.attach_many(items, drv.host(host))
     link_many(drv.shell(host), vm_dir,
               [(devices[name], posixpath.join(vm_dir, f"disk.{disk.disk_id}")) for disk, name in volumes])
@@ -78,6 +81,7 @@ def detach_from(drv: Driver, vm: etree._Element, vm_id: int, host: str, vm_dir: 
     names = [name for _, name in volumes]
     names += _system_extras(drv, vm_id, set(names))
     drv.backend.detach_many(names, drv.host(host), force=True)
+    drv.backend.dual_primary(names, False)
     if links:
         unlink(drv.shell(host), *(posixpath.join(vm_dir, f"disk.{disk.disk_id}") for disk, _ in volumes))
 

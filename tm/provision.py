@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from datastore.driver import Driver
-from datastore.naming import tags
+from datastore.naming import Names, tags
 from onelib.errors import Conflict, DriverError
 from onelib.hostcmd import Host
 
@@ -21,8 +21,12 @@ MKFS = {"ext2": ["mkfs.ext2", "-F", "-q"], "ext3": ["mkfs.ext3", "-F", "-q"], "e
         "xfs": ["mkfs.xfs", "-f", "-q"], "vfat": ["mkfs.vfat"], "btrfs": ["mkfs.btrfs", "-f", "-q"]}
 
 
-def volume_name(raw: str) -> str:
+def volume_name(raw: str, names: Names | None = None) -> str:
+    """The volume a transfer line's ``[host:]SOURCE`` names (``names``: in that driver's
+    SOURCE form, e.g. LINSTOR's ``/dev/drbd/by-res/<res>/0``)."""
     name = raw.rpartition(":")[2] if ":" in raw else raw
+    if names is not None:
+        name = names.source_volume(name)
     if not _NAME.fullmatch(name):
         raise DriverError(f"volume name {raw!r} is not acceptable")
     return name

@@ -8,7 +8,7 @@ from onelib import xmldoc
 from onelib.errors import DriverError
 
 from ..entry import DsRequest
-from ..imageds import DsAction, volume_from_source
+from ..imageds import DsAction
 
 
 def run(request: DsRequest) -> str:
@@ -17,7 +17,7 @@ def run(request: DsRequest) -> str:
     path = xmldoc.text(act.image, "PATH")
     if not path:
         raise DriverError("clone: IMAGE/PATH (the SOURCE of the image to clone) is missing")
-    source = volume_from_source(path, "PATH")
+    source = act.source_volume(path, "PATH")
     final = act.names.image(image_id)
     if source == final:
         raise DriverError(f"clone: image {image_id} cannot be cloned onto itself")
@@ -35,4 +35,4 @@ def run(request: DsRequest) -> str:
                 raise DriverError(f"clone: the image to clone has no volume {source} "
                                   f"(in this datastore's StorPool cluster)") from None
             raise
-    return f"{final} raw"
+    return f"{act.names.source(final)} raw"

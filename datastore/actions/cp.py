@@ -68,4 +68,4 @@ def run(request: DsRequest) -> str:
 
         act.fill_volume(final=final, size=size, placement=placement, tags=tags, host_name=host_name,
                         staging=staging, write=write)
-    return f"{final} raw"
+    return f"{act.names.source(final)} raw"

@@ -37,7 +37,7 @@ def run(request: DsRequest) -> str:
         raise DriverError(f"export: id {request.id} is not a marketplace app id")
     image_id = act.image_id(match_argv=False)
     volume = act.image_volume(image_id)
-    snapshot = f"{volume}-export-{request.id}"
+    snapshot = act.names.export_snapshot(volume, request.id)
     fmt = FORMATS.get(act.setting("EXPORT_FILE_FORMAT", "qcow2").lower(), "")
     if not fmt:
         raise DriverError(f"export: EXPORT_FILE_FORMAT={act.setting('EXPORT_FILE_FORMAT')!r} is not raw or qcow2")

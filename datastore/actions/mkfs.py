@@ -36,7 +36,7 @@ def run(request: DsRequest) -> str:
     final = act.names.image(image_id)
     fmt = xmldoc.text(act.image, "FORMAT").lower()
     if fmt == "save_as":
-        return final
+        return act.names.source(final)
     if fmt not in ("", "raw"):
         raise DriverError(f"mkfs: FORMAT={fmt!r}: StorPool images are raw block volumes (use FORMAT=raw)")
     size_mb = xmldoc.integer(act.image, "SIZE", "mkfs: IMAGE")
@@ -64,7 +64,7 @@ def run(request: DsRequest) -> str:
             except DriverError:
                 act.require_absent(final)   # a clearer reason when it exists
                 raise
-            return final
+            return act.names.source(final)
         host_name = act.staging_host(image_id)
         act.require_absent(final)
 
@@ -73,4 +73,4 @@ def run(request: DsRequest) -> str:
 
         act.fill_volume(final=final, size=size, placement=placement, tags=tags, host_name=host_name,
                         staging=act.staging_name(image_id), write=write)
-    return final
+    return act.names.source(final)

@@ -6,8 +6,6 @@ is missing and no snapshot of the image is left, an earlier run already flattene
 
 from __future__ import annotations
 
-import re
-
 from onelib.errors import DriverError
 
 from ..entry import DsRequest
@@ -18,10 +16,11 @@ def run(request: DsRequest) -> str:
     act = DsAction(request)
     volume = act.image_volume(act.image_id())
     target = act.names.disk_snapshot(volume, act.snapshot_id())
-    mine = re.compile(re.escape(volume) + "-snap[0-9]+")
+    names = act.names
     backend = act.driver.backend
     with act.driver.lock(volume):
-        snapshots = [s.name for s in backend.snapshots(volume + "-snap") if mine.fullmatch(s.name)]
+        snapshots = [s.name for s in backend.snapshots(names.disk_snapshot_prefix(volume))
+                     if names.disk_snapshot_id(volume, s.name) is not None]
         if target not in snapshots:
             if snapshots:
                 raise DriverError(f"snap_flatten: snapshot {target} does not exist")

@@ -6,7 +6,7 @@ import importlib
 
 from ..backend import Backend
 
-KNOWN = {"storpool": "storpool"}
+KNOWN = {"storpool": "storpool", "linstor_un": "linstor"}
 
 
 def backend_class(driver: str) -> type[Backend]:

@@ -16,6 +16,7 @@ from onelib.config import Config
 from onelib.errors import DriverError, NotFound
 
 from ..backend import Backend, Capacity, HostRef, Usage, Volume
+from ..naming import Names
 from .storpool_api import Api, read_storpool_conf
 
 
@@ -35,6 +36,7 @@ def _volume(raw: Mapping[str, Any], snapshot: bool) -> Volume:
 
 class StorPool(Backend):
     name = "storpool"
+    remote_backup = True
 
     def __init__(self, api: Api, *, attach_timeout: int = 20) -> None:
         self.api = api
@@ -53,6 +55,24 @@ class StorPool(Backend):
         api = Api(host, int(port), token, timeout=float(config.integer("API_TIMEOUT") or 30),
                   retries=config.integer("API_RETRIES") or 0)
         return cls(api, attach_timeout=config.integer("ATTACH_TIMEOUT") or 20)
+
+    @classmethod
+    def host_ref(cls, name: str, attrs: Mapping[str, str], config: Config) -> HostRef:
+        """The host's StorPool client id (host attribute SP_OURID, else the host's section of
+        storpool.conf) and its device directory (SP_DEVICE_DIR, host's then configuration's)."""
+        client = attrs.get("SP_OURID", "")
+        if not client:
+            client = read_storpool_conf(config.get("SP_STORPOOL_CONF"), name or None).get("SP_OURID", "")
+        if not client.isdigit():
+            where = f"host {name}" if name else "the front-end"
+            raise DriverError(f"no StorPool client id (SP_OURID) for {where}: set it in the host's template")
+        device_dir = attrs.get("SP_DEVICE_DIR") or config.get("SP_DEVICE_DIR") or "/dev/storpool"
+        return HostRef(name=name, client=client, device_dir=device_dir)
+
+    @classmethod
+    def default_placement(cls, config: Config, names: Names, ds_id: int) -> str:
+        """The datastore's StorPool template (addon-storpool: ``<ONE_PX>-ds-<ID>``)."""
+        return config.get("SP_TEMPLATE") or names.template(ds_id)
 
     # --- volumes ---------------------------------------------------------------------------
     def create(self, name: str, size: int, *, placement: str, tags: Mapping[str, str]) -> None:
@@ -133,6 +153,16 @@ class StorPool(Backend):
 
     def revert(self, volume: str, snapshot: str) -> None:
         self.api.call(f"VolumeRevert/{volume}", {"toSnapshot": snapshot})
+
+    # --- remote copies ---------------------------------------------------------------------
+    def backup_remote(self, name: str, location: str, tags: Mapping[str, str] | None = None) -> str:
+        """One call: VolumeBackup of volume ``name`` to the remote location ``location``
+        (``storpool volume <name> backup <location>``); returns the backup's remoteId."""
+        body: dict[str, Any] = {"volume": name, "location": location}
+        if tags:
+            body["tags"] = dict(tags)
+        reply = self.api.call("VolumeBackup", body)
+        return str(reply.get("remoteId", "") or "") if isinstance(reply, dict) else ""
 
     # --- hosts -----------------------------------------------------------------------------
     def attach(self, name: str, host: HostRef, *, readonly: bool = False, snapshot: bool = False) -> str:

@@ -45,6 +45,11 @@ an ``atexit`` hook stops simulators a crashed test left running.
   SnapshotsSpace with 10,000 volumes). Such objects support metadata calls only; attaching them
   is an ``invalidParam`` error.
 - ``sim.volume_path(name)`` (backing file) and ``sim.device(name, client)`` (loop device).
+- ``sim.add_location(name, location_id=None)`` registers a remote StorPool location (another
+  cluster, for VolumeBackup; listed by LocationsList) and returns its location id. A backup
+  is a real copy of the volume's data (reflink where possible) in
+  ``root_dir/remote/<location>/<remoteId>.raw``; ``inventory()["backups"]`` maps every
+  location to its backups (name, location, size, tags, remoteId, path, created).
 
 HTTP API
 --------
@@ -91,6 +96,10 @@ Where the reference is silent (choices of this simulator)
 - Space numbers: storedSize and spaceUsed are the bytes the backing file allocates (capped
   at the size); templates report capacity from ``capacity`` (raw bytes, default 10 TiB)
   divided by the replication.
+- VolumeBackup copies the volume at once (the reply is sent when the copy is complete; a real
+  cluster transfers it in the background) and makes no local snapshot; its reply carries
+  ``remoteId`` only. A location nobody registered is ``objectDoesNotExist``. Remote locations
+  report send/receive buffer sizes of 0 (StorPool's defaults are not documented).
 - Each call runs under one lock; data copies (``cp --reflink=auto --sparse=always``) and
   ``losetup`` happen inside it, so calls are serialised (the ``delay`` fault sleeps outside it).
 """
@@ -139,6 +148,9 @@ _TAG_NAME = re.compile(r"[A-Za-z0-9_\-.:]+")
 _TAG_VALUE = re.compile(r"[A-Za-z0-9_\-.:]*")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_\-]+")  # placement groups and templates
 _RESERVED = frozenset({"list", "status"})
+_LOCATION_NAME = re.compile(r"#?[A-Za-z0-9_\-.:]+")
+_LOCATION_ID = re.compile(r"[a-z0-9]+")
+LOCATION_NAME_SIZE = 64  # remote location names must be shorter than this
 
 _POLICY = frozenset({"placeAll", "placeTail", "placeHead", "replication", "bw", "iops", "reuseServer", "tags"})
 _VOLUME_CREATE = _POLICY | {"name", "size", "parent", "template", "baseOn"}
@@ -416,6 +428,7 @@ ROUTES: dict[str, _Route] = {
     "VolumeFreeze": _Route("POST", 1, True, "_volume_freeze"),
     "VolumeDelete": _Route("POST", 1, True, "_volume_delete"),
     "VolumeRevert": _Route("POST", 1, True, "_volume_revert"),
+    "VolumeBackup": _Route("POST", 0, True, "_volume_backup"),
     # snapshots
     "SnapshotsList": _Route("GET", 0, True, "_snapshots_list"),
     "Snapshot": _Route("GET", 1, True, "_snapshot_list"),
@@ -442,6 +455,8 @@ ROUTES: dict[str, _Route] = {
     "PlacementGroupDescribe": _Route("GET", 1, False, "_group_describe"),
     "PlacementGroupUpdate": _Route("POST", 1, False, "_group_update"),
     "PlacementGroupDelete": _Route("POST", 1, False, "_group_delete"),
+    # remote locations
+    "LocationsList": _Route("GET", 0, False, "_locations_list"),
     # services and clients
     "ServicesList": _Route("GET", 0, False, "_services_list"),
     "ClientsConfigDump": _Route("GET", 0, False, "_clients_config_dump"),
@@ -514,6 +529,8 @@ class StorPoolSim:
         self._templates: dict[str, _Template] = {}
         self._groups: dict[str, _Group] = {"default": _Group(1, "default", {1, 2, 3})}
         self._clients: dict[int, _Client] = {}
+        self._locations: dict[str, str] = {}  # remote location name -> location id
+        self._backups: dict[str, list[dict[str, Any]]] = {}  # location name -> its backups
         self._attach: dict[str, dict[int, tuple[str, int]]] = {}  # gid -> client -> (rights, pos)
         self._loops: dict[tuple[str, str], str] = {}  # (gid, rights) -> /dev/loopN
         self._links: dict[Path, dict[tuple[int, str], str]] = {}  # link -> owner (client, gid) -> target
@@ -611,6 +628,22 @@ class StorPoolSim:
             self._clients[cid] = _Client(cid, ddir, bdir, hostname, int(self.now()))
             self._generation += 1
             return ddir
+
+    def add_location(self, name: str, location_id: str | None = None) -> str:
+        """Register the remote location ``name`` (a VolumeBackup target); returns its id."""
+        if not _LOCATION_NAME.fullmatch(name) or name == "list" or len(name) >= LOCATION_NAME_SIZE:
+            raise ValueError(f"{name!r} is not a RemoteLocationName")
+        with self._lock:
+            if name in self._locations:
+                raise ValueError(f"location {name} is registered already")
+            lid = location_id or f"r{len(self._locations) + 1}"
+            own = self._gid_prefix.split(".", 1)[0]
+            if not _LOCATION_ID.fullmatch(lid) or lid == own or lid in self._locations.values():
+                raise ValueError(f"{lid!r} is not a free location id ([a-z0-9]+, not this cluster's)")
+            self._locations[name] = lid
+            self._backups[name] = []
+            self._generation += 1
+            return lid
 
     def client_for_host(self, hostname: str) -> int | None:
         with self._lock:
@@ -791,6 +824,8 @@ class StorPoolSim:
                     for c in self._clients.values()
                 },
                 "loops": sorted(self._loops.values()),
+                "locations": dict(self._locations),
+                "backups": {loc: [dict(b, tags=dict(b["tags"])) for b in done] for loc, done in self._backups.items()},
                 "generation": self._generation,
                 "time": self.now(),
             }
@@ -1040,11 +1075,12 @@ class StorPoolSim:
             fh.truncate(size)
         return path
 
-    def _clone_file(self, src: _Obj, gid: str, size: int) -> Path | None:
-        """A real copy of ``src``'s data (reflink where the filesystem can), ``size`` bytes long."""
+    def _clone_file(self, src: _Obj, gid: str, size: int, dst: Path | None = None) -> Path | None:
+        """A real copy of ``src``'s data (reflink where the filesystem can), ``size`` bytes long,
+        at ``dst`` (default: the data file of ``gid``)."""
         if src.path is None:
             return None
-        dst = self._data_path(gid)
+        dst = dst or self._data_path(gid)
         try:
             self._fault_point("_copy")
             _run(["cp", "--reflink=auto", "--sparse=always", str(src.path), str(dst)])
@@ -1482,6 +1518,40 @@ class StorPoolSim:
         vol.stored_hint = snap.stored_hint
         return self._ok()
 
+    def _volume_backup(self, args: list[str], body: Any) -> Any:
+        fields = _fields(body, "VolumeBackup", {"volume", "location", "tags"})
+        if fields.get("volume") is None or fields.get("location") is None:
+            raise _invalid("VolumeBackup: volume and location are required")
+        vol = self._find(fields["volume"], "volume")
+        location = fields["location"]
+        if not isinstance(location, str) or not _LOCATION_NAME.fullmatch(location) or location == "list":
+            raise _invalid(f'Invalid RemoteLocationName "{location}". Must match {_LOCATION_NAME.pattern}')
+        if len(location) >= LOCATION_NAME_SIZE:
+            raise _invalid(f"RemoteLocationName is too long. Max allowed is {LOCATION_NAME_SIZE - 1}")
+        tags = _tags(fields.get("tags"))
+        lid = self._locations.get(location)
+        if lid is None:
+            raise _missing("Location", location)
+        if vol.path is None:
+            raise _invalid(f"Volume {vol.name} has no data (bulk_create) and cannot be backed up")
+        self._counter += 1
+        remote_id = f"{lid}.a.{_base36(self._counter)}"
+        where = self.root / "remote" / location
+        where.mkdir(parents=True, exist_ok=True)
+        data = self._clone_file(vol, remote_id, vol.size, where / f"{remote_id}.raw")
+        self._backups[location].append(
+            {
+                "name": vol.name,
+                "location": location,
+                "size": vol.size,
+                "tags": tags,
+                "remoteId": remote_id,
+                "path": str(data),
+                "created": int(self.now()),
+            }
+        )
+        return self._ok(remoteId=remote_id)
+
     # -- snapshots ------------------------------------------------------------------------------
 
     def _snapshot_of(
@@ -1892,6 +1962,17 @@ class StorPoolSim:
                 raise _invalid(f"Placement group {group.name} is in use by {item.name}")
         del self._groups[group.name]
         return self._ok()
+
+    # -- remote locations -----------------------------------------------------------------------
+
+    def _locations_list(self, args: list[str], body: Any) -> Any:
+        _no_body(body, "LocationsList")
+        return {
+            "locations": [
+                {"id": lid, "name": name, "sendBufferSize": 0, "recvBufferSize": 0}
+                for name, lid in self._locations.items()
+            ]
+        }
 
     # -- services and clients -------------------------------------------------------------------
 

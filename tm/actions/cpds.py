@@ -17,13 +17,14 @@ from ..provision import volume_name
 
 
 def run(req: TmRequest) -> None:
-    target = volume_name(req.arg(1, "new source"))
+    raw_target = req.arg(1, "new source")
     snap_id = number(req.arg(2, "snapshot id"), "snapshot id")
     vm_id, ds_id = vm_id_arg(req.arg(3, "vm id")), ds_id_arg(req.arg(4, "datastore id"))
     src = disk_path(req.arg(0, "disk"), "disk", vm_id)
     if snap_id < -1:
         raise DriverError(f"snapshot id {snap_id} is not -1 or a snapshot")
     drv = driver_for(req.driver, ds_id)
+    target = volume_name(raw_target, drv.names)
     name = vm_disk(fetch_vm(drv, vm_id), src.disk_id).volume(drv.names, vm_id)
     if target == name:
         raise DriverError(f"cannot copy volume {name} onto itself")

@@ -67,7 +67,8 @@ def delete_disk(drv: Driver, vm: etree._Element, disk: VmDisk, host: str, path: 
         if disk.persistent:
             backend.detach(name, drv.host(host))
             return
-        delay = drv.config.seconds("DELAY_DELETE")
+        # backends without self-deleting snapshots (LINSTOR) delete at once, as their add-ons do
+        delay = drv.config.seconds("DELAY_DELETE") if backend.delayed_delete else 0
         if delay and disk.kind in ("image", "volatile"):
             trash = trash_name(name, vm)
             tags = {"virt": "one", "nloc": drv.names.px, "nvm": str(vm_id), "diskid": str(disk.disk_id),

@@ -14,12 +14,13 @@ from ..provision import provision, volume_name
 
 
 def run(req: TmRequest) -> None:
-    source = volume_name(req.arg(0, "source"))
+    raw_source = req.arg(0, "source")
     vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
     dst = disk_path(req.arg(1, "destination"), "destination", vm_id)
     drv = driver_for(req.driver, ds_id)
+    source = volume_name(raw_source, drv.names)
     disk = vm_disk(fetch_vm(drv, vm_id), dst.disk_id)
-    if disk.source and disk.source != source:
+    if disk.source and drv.names.source_volume(disk.source) != source:
         raise DriverError(f"disk {dst.disk_id} of VM {vm_id} is {disk.source}, not {source}")
     if disk.kind == "cdrom":
         disk.persistent = False

@@ -11,7 +11,6 @@ volume space and snapshot space (3 backend calls) and the VM pool (1 oned call).
 from __future__ import annotations
 
 import base64
-import re
 
 from datastore.backend import Usage
 from datastore.driver import Driver
@@ -42,10 +41,7 @@ def run(req: TmRequest) -> str:
 def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
     """One line per VM of this system datastore (its last history record's DS_ID) with the
     stored size of each disk volume and disk snapshot, in MB."""
-    px = re.escape(drv.names.px)
-    clone = re.compile(rf"{px}-img-\d+-(\d+)-(\d+)")
-    system = re.compile(rf"{px}-sys-(\d+)-(\d+)-(?:raw|swap|iso)")
-    snap = re.compile(r"(.+)-snap(\d+)")
+    names = drv.names
     here: set[int] = set()
     persistent: dict[str, tuple[int, int]] = {}
     for vm in drv.oned.vms().iterfind("VM"):
@@ -60,24 +56,20 @@ def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
                 source = xmldoc.text(disk, "SOURCE")
                 disk_id = xmldoc.text(disk, "DISK_ID")
                 if source and disk_id.isdigit():
-                    persistent[source] = (vm_id, int(disk_id))
+                    persistent[names.source_volume(source) or source] = (vm_id, int(disk_id))
 
     def owner(volume: str) -> tuple[int, int] | None:
-        for pattern in (clone, system):
-            match = pattern.fullmatch(volume)
-            if match:
-                return int(match.group(1)), int(match.group(2))
-        return persistent.get(volume)
+        return names.disk_owner(volume) or persistent.get(volume)
 
     disks: dict[int, list[str]] = {}
     for name, use in sorted(usage.items()):
-        match = snap.fullmatch(name)
-        found = owner(match.group(1) if match else name)
+        match = names.split_disk_snapshot(name)
+        found = owner(match[0] if match else name)
         if found is None or found[0] not in here:
             continue
         size = -(-use.stored // MIB)
         if match:
-            item = f"SNAPSHOT_SIZE=[ID={match.group(2)},DISK_ID={found[1]},SIZE={size}]"
+            item = f"SNAPSHOT_SIZE=[ID={match[1]},DISK_ID={found[1]},SIZE={size}]"
         else:
             item = f"DISK_SIZE=[ID={found[1]},SIZE={size}]"
         disks.setdefault(found[0], []).append(item)

@@ -12,10 +12,11 @@ from ..provision import volume_name
 
 
 def run(req: TmRequest) -> None:
-    name = volume_name(req.arg(1, "source"))
+    raw_name = req.arg(1, "source")
     vm_id, ds_id = vm_id_arg(req.arg(2, "vm id")), ds_id_arg(req.arg(3, "datastore id"))
     src = disk_path(req.arg(0, "disk"), "disk", vm_id)
     drv = driver_for(req.driver, ds_id)
+    name = volume_name(raw_name, drv.names)
     disk = vm_disk(fetch_vm(drv, vm_id), src.disk_id)
     if not disk.persistent or disk.volume(drv.names, vm_id) != name:
         raise DriverError(f"disk {src.disk_id} of VM {vm_id} is not the persistent image {name}")

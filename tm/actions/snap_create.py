@@ -43,8 +43,8 @@ def run(req: TmRequest) -> None:
     with drv.lock(name):
         limit = _limit(drv, vm)
         if limit is not None:
-            existing = [s for s in drv.backend.snapshots(f"{name}-snap")
-                        if re.fullmatch(r"[0-9]+", s.name[len(name) + 5:])]
+            existing = [s for s in drv.backend.snapshots(drv.names.disk_snapshot_prefix(name))
+                        if drv.names.disk_snapshot_id(name, s.name) is not None]
             if any(s.name == snapshot for s in existing):
                 _check_ours(drv, snapshot, tags)
                 return
