@@ -1196,3 +1196,27 @@ def test_export_staged_on_a_bridge_host(bridged: storage_env.Cloud, images: dict
     subprocess.run(values["DISPOSE_CMD"], shell=True, check=True)   # as a market driver would
     assert not target.exists()
     _bridge_clean(c)
+
+
+def test_mkfs_with_a_file_system_killed_after_each_api_call_then_rerun(cloud: Cloud) -> None:
+    """mkfs with FS stages like cp (create, attach, mkfs, detach, rename): SIGKILL right after
+    each API call in turn, then a re-run: exactly one formatted volume, nothing else left."""
+    cloud.reset_calls()
+    assert cloud.ok("mkfs", cloud.payload(60, SIZE=16, FS="ext4", PATH=""), 60) == "one-img-60\n"
+    calls = cloud.calls()
+    cloud.clean()
+    cloud.api.call("VolumeDelete/one-img-60", {})
+    assert len(calls) > 2
+    for step in range(1, len(calls)):
+        image_id = 60 + step
+        payload = cloud.payload(image_id, SIZE=16, FS="ext4", PATH="")
+        _kill_after(cloud, "mkfs", payload, image_id, calls, step)
+        rerun = cloud.run("mkfs", payload, image_id)
+        if calls[step] == "VolumeUpdate":      # killed after the rename: the volume is complete
+            assert rerun.returncode == 1 and "already exists" in rerun.stderr
+        else:
+            assert rerun.returncode == 0, (step, rerun.stderr)
+        assert set(cloud.volumes()) == {f"one-img-{image_id}"}, step
+        assert cloud.read(f"one-img-{image_id}")[1080:1082] == b"\x53\xef", step
+        cloud.clean()
+        cloud.api.call(f"VolumeDelete/one-img-{image_id}", {})
