@@ -8,7 +8,7 @@ cost that no rule work can go below.
 
 Then, in-process, the engine's time per disk for 16, 64 and 256 disks (goal: flat).
 
-    .venv/bin/python bench/bench_apply.py [--runs N]
+    .venv/bin/python bench/bench_apply.py [--runs N] [--dev]
 """
 
 from __future__ import annotations
@@ -27,13 +27,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vmgen
 
 
-def median_ms(cmd: list[str], runs: int, env: dict[str, str]) -> float:
-    times = []
+def medians_ms(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, float]:
+    """Median wall time of each command; rounds interleave the commands so that a busy
+    machine slows them all alike and the ratios stay meaningful."""
+    times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, cmd in cmds.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def installed_venv(tmp: Path) -> Path:
+    """A fresh venv with the project installed from a wheel, as an operator gets it: a
+    development install's import hook (editable mode) would slow every interpreter start,
+    ``python -c pass`` included, and flatter the ratio."""
+    root = Path(__file__).resolve().parent.parent
+    wheels = tmp / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)],
+                   check=True, cwd=tmp, capture_output=True)
+    shutil.rmtree(root / "build", ignore_errors=True)
+    venv = tmp / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    (wheel,) = wheels.glob("*.whl")
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+                         capture_output=True, text=True, check=False)
+    if pip.returncode != 0:
+        sys.exit(f"pip install of the wheel failed:\n{pip.stderr}")
+    return venv / "bin" / "python"
 
 
 def per_disk_ms(disks: int, rounds: int) -> float:
@@ -56,12 +79,15 @@ def per_disk_ms(disks: int, rounds: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--dev", action="store_true",
+                    help="measure this interpreter's own (development) install instead of a wheel in a fresh venv")
     args = ap.parse_args()
-    script = shutil.which("one-tweaks", path=os.path.dirname(sys.executable))
-    if script is None:
-        print("one-tweaks is not installed next to this interpreter (pip install .)", file=sys.stderr)
-        return 1
     with tempfile.TemporaryDirectory() as tmp:
+        python = sys.executable if args.dev else installed_venv(Path(tmp))
+        script = shutil.which("one-tweaks", path=os.path.dirname(python))
+        if script is None:
+            print("one-tweaks is not installed next to this interpreter (pip install .)", file=sys.stderr)
+            return 1
         dom_path, vm_path = Path(tmp, "deployment.0"), Path(tmp, "vm.xml")
         dom, vm = vmgen.make(16)
         dom_path.write_bytes(dom)
@@ -70,15 +96,15 @@ def main() -> int:
                    ONE_TWEAKS_RULES_DIR=str(Path(tmp, "etc")))
         # A packaged install has its bytecode compiled; measure that, not the compiler.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        import tweaks
-
-        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.dirname(tweaks.__file__)],
-                       check=True, env=env)
-        apply_cmd = [sys.executable, script, "apply", str(dom_path), "--vm", str(vm_path), "-o", str(Path(tmp, "o"))]
+        package = subprocess.run([python, "-c", "import os, tweaks; print(os.path.dirname(tweaks.__file__))"],
+                                 check=True, capture_output=True, text=True, env=env).stdout.strip()
+        subprocess.run([python, "-m", "compileall", "-q", package], check=True, env=env)
+        apply_cmd = [python, script, "apply", str(dom_path), "--vm", str(vm_path), "-o", str(Path(tmp, "o"))]
         subprocess.run(apply_cmd, check=True, env=env)  # warm the rule cache, as every deploy after the first
-        floor = median_ms([sys.executable, "-c", "pass"], args.runs, env)
-        lxml_floor = median_ms([sys.executable, "-c", "import lxml.etree"], args.runs, env)
-        total = median_ms(apply_cmd, args.runs, env)
+        ms = medians_ms({"pass": [python, "-c", "pass"], "lxml": [python, "-c", "import lxml.etree"],
+                         "apply": apply_cmd}, args.runs, env)
+    floor, lxml_floor, total = ms["pass"], ms["lxml"], ms["apply"]
+    print(f"install measured:          {'development (editable) venv' if args.dev else 'wheel in a fresh venv'}")
     print(f"python -c pass:            {floor:7.1f} ms")
     print(f"python -c 'import lxml':   {lxml_floor:7.1f} ms  ({lxml_floor / floor:.2f}x pass)")
     print(f"one-tweaks apply, 16 disks: {total:6.1f} ms")

@@ -19,7 +19,7 @@ from lxml import etree
 
 from onelib import xmldoc
 from onelib.errors import DriverError
-from onelib.main import run
+from onelib.main import finish, run
 from tweaks.record import record
 
 
@@ -82,4 +82,4 @@ def ds_main(path: str | None = None) -> None:
         result: str | None = module.run(request)
         return result
 
-    sys.exit(run(f"one-tweaks-ds-{driver}-{action}", act))
+    finish(run(f"one-tweaks-ds-{driver}-{action}", act))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from tweaks import registry
-from tweaks.cli import main
+from tweaks.cli import _parser, fast_apply_args, main
 
 SAMPLE = ROOT / "tests" / "fixtures" / "sample"
 
@@ -191,3 +191,52 @@ def test_readme_has_exactly_the_two_setup_commands():
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["bash .ci/demo", "bash .ci/test"]
     assert "exec bash .ci/test" in (ROOT / ".ci" / "run").read_text()
+
+
+APPLY_WORDS = ["d.xml", "-", "--vm", "v.xml", "--rules", "r1", "r2", "-o", "out", "--output", "--explain",
+               "--json", "--vm=x", "--ru", "-h", "--", "-x", "apply"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(APPLY_WORDS), max_size=9))
+def test_fast_apply_arguments_mean_what_argparse_makes_of_them(words):
+    """The deploy path skips argparse; whatever it accepts, argparse reads the same way."""
+    argv = ["apply", *words]
+    fast = fast_apply_args(argv)
+    if fast is None:
+        return
+    ns = _parser().parse_args(argv)
+    assert (fast.domain, fast.vm, fast.rules, fast.output, fast.explain, fast.json) == (
+        ns.domain, ns.vm, ns.rules, ns.output, ns.explain, ns.json)
+
+
+def test_the_deploy_hook_form_takes_the_fast_path():
+    args = fast_apply_args(["apply", "deployment.0", "--vm", "vm.xml", "--rules", "a", "--rules", "b", "-o", "o",
+                            "--explain"])
+    assert args is not None
+    assert (args.domain, args.vm, args.rules, args.output, args.explain) == ("deployment.0", "vm.xml", ["a", "b"],
+                                                                            "o", True)
+    assert fast_apply_args(["apply", "--help"]) is None
+    assert fast_apply_args(["apply", "d.xml"]) is None, "no --vm: argparse says what is missing"
+
+
+def test_apply_output_is_complete_after_the_fast_exit(tmp_path, capsys):
+    """`apply` leaves through os._exit: every byte of a large result reaches the pipe first."""
+    dom = etree.fromstring(deployment())
+    devices = dom.find("devices")
+    for i in range(600):
+        disk = etree.SubElement(devices, "disk", type="file", device="disk")
+        etree.SubElement(disk, "source", file=f"/var/lib/one/datastores/0/42/disk.{i + 10}")
+        etree.SubElement(disk, "target", dev=f"vd{chr(97 + i // 26)}{chr(97 + i % 26)}", bus="virtio")
+    dom_path, vm_path = tmp_path / "deployment.0", tmp_path / "vm.xml"
+    dom_path.write_bytes(etree.tostring(dom))
+    vm_path.write_bytes(vm_xml({"T_IOTHREADS_OVERRIDE": "3", "T_DISKSERIAL": "YES"}))
+    proc = run_cli("apply", str(dom_path), "--vm", str(vm_path), "--explain")
+    assert proc.returncode == 0, proc.stderr
+    assert main(["apply", str(dom_path), "--vm", str(vm_path), "--explain"]) == 0
+    in_process = capsys.readouterr()
+    assert len(proc.stdout) > 65536, "more than a pipe buffer"
+    assert proc.stdout == in_process.out.encode()
+    assert proc.stderr == in_process.err.encode()
+    failed = run_cli("apply", str(tmp_path / "missing.xml"), "--vm", str(vm_path))
+    assert failed.returncode == 2 and failed.stderr.count(b"\n") == 1

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from onelib.errors import DriverError
-from onelib.main import run
+from onelib.main import finish, run
 from tweaks.record import record
 
 
@@ -44,4 +44,4 @@ def tm_main(path: str | None = None) -> None:
         result: str | None = module.run(TmRequest(driver=driver, action=action, args=list(argv), stdin=stdin))
         return result
 
-    sys.exit(run(f"one-tweaks-tm-{driver}-{action}", act))
+    finish(run(f"one-tweaks-tm-{driver}-{action}", act))

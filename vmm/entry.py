@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from onelib import xmldoc
 from onelib.errors import DriverError
-from onelib.main import run
+from onelib.main import finish, run
 from tweaks.record import record
 
 
@@ -52,4 +52,4 @@ def vmm_main(path: str | None = None) -> None:
         result: str | None = module.run(VmmRequest(action=name, args=list(argv), stdin=stdin))
         return result
 
-    sys.exit(run(f"one-tweaks-vmm-{name}", act))
+    finish(run(f"one-tweaks-vmm-{name}", act))
