@@ -10,6 +10,7 @@ actions never spell a name themselves.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from tweaks.record import record
 
@@ -17,6 +18,9 @@ from tweaks.record import record
 @record
 class Names:
     px: str = "one"
+    # addon-linstor_un records the system datastore of a VM's disk (Aux/one/DS_ID) and marks a
+    # persistent image with the VM using it; addon-storpool's tags have neither
+    ds_tag: ClassVar[bool] = False
 
     def template(self, ds_id: int) -> str:
         return f"{self.px}-ds-{ds_id}"
@@ -65,6 +69,12 @@ class Names:
 
     # --- parsing names back --------------------------------------------------------------------
     @staticmethod
+    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
+        """(volume, VM snapshot id, timestamp) of a VM snapshot name, else None."""
+        match = _ONESNAP.fullmatch(name)
+        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+    @staticmethod
     def disk_snapshot_prefix(volume: str) -> str:
         """What every disk snapshot name of ``volume`` starts with."""
         return f"{volume}-snap"
@@ -103,6 +113,9 @@ class Names:
         return source
 
 
+_ONESNAP = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)-ONESNAP-([0-9]{1,9})-([0-9]{1,12})")
+_VMSNAPSHOT = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{1,47})@vmsnapshot-([0-9]{1,9})-([0-9]{1,12})")
+
 # LINSTOR resource and snapshot names: a letter or _, then letters, digits, _ and -
 _LINSTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{1,47}")
 _BY_RES = re.compile(r"/dev/drbd/by-res/([A-Za-z_][A-Za-z0-9_-]{1,47})/0")
@@ -120,7 +133,13 @@ class LinstorNames(Names):
     ``one-vm-<VM>-disk-<N>`` (disk ids are unique within a VM). LINSTOR snapshots belong to
     a resource, so a snapshot's name here is ``<resource>@<snapshot>`` (the Linstor backend
     splits it). An image's SOURCE is its DRBD device path ``/dev/drbd/by-res/<res>/0``.
+
+    Tags (``tags()``) carry the system datastore (``dsid`` = ``Aux/one/DS_ID``) of every VM
+    disk resource, and a persistent image in use by a VM carries its VM_ID, DS_ID and DISK_ID,
+    as addon-linstor_un sets them (TM ln) and clears them (TM mvds).
     """
+
+    ds_tag: ClassVar[bool] = True
 
     def template(self, ds_id: int) -> str:
         return f"{self.px}-ds-{ds_id}"
@@ -166,6 +185,11 @@ class LinstorNames(Names):
     @staticmethod
     def export_snapshot(volume: str, app_id: int) -> str:
         return f"{volume}@export-{app_id}"
+
+    @staticmethod
+    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
+        match = _VMSNAPSHOT.fullmatch(name)
+        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
 
     @staticmethod
     def disk_snapshot_prefix(volume: str) -> str:
@@ -217,7 +241,9 @@ TYPE_CHECKPOINT = "CHKPNT"
 TYPE_NVRAM = "NVRAM"
 
 
-def tags(names: Names, *, vm_id: int | None = None, kind: str = "", disk_id: int | None = None) -> dict[str, str]:
+def tags(names: Names, *, vm_id: int | None = None, kind: str = "", disk_id: int | None = None,
+         ds_id: int | None = None) -> dict[str, str]:
+    """A volume's tags; ``ds_id`` (the VM's system datastore) only for schemes that record it."""
     out = {"virt": "one", "nloc": names.px}
     if vm_id is not None:
         out["nvm"] = str(vm_id)
@@ -225,4 +251,18 @@ def tags(names: Names, *, vm_id: int | None = None, kind: str = "", disk_id: int
         out["type"] = kind
     if disk_id is not None:
         out["diskid"] = str(disk_id)
+    if ds_id is not None and names.ds_tag:
+        out["dsid"] = str(ds_id)
     return out
+
+
+def user_tags(names: Names, vm_id: int, ds_id: int, disk_id: int) -> dict[str, str]:
+    """What a persistent image gets while a VM uses it (addon-linstor_un's ln); empty for
+    schemes that do not mark images. ``release_tags`` removes them again (mvds)."""
+    if not names.ds_tag:
+        return {}
+    return {"nvm": str(vm_id), "dsid": str(ds_id), "diskid": str(disk_id)}
+
+
+def release_tags(names: Names) -> dict[str, str]:
+    return {"nvm": "", "dsid": "", "diskid": ""} if names.ds_tag else {}

@@ -599,6 +599,60 @@ def test_doctor_contacts_the_storage_api(front72: Front, tmp_path: Path, monkeyp
     assert rc == 0
 
 
+def test_doctor_reaches_each_linstor_datastores_controllers(front72: Front, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """linstor_un: per datastore oned lists, a controller of its LS_CONTROLLERS (template over
+    the configuration) answers one GET; one line per datastore none of whose controllers
+    answers, one per datastore with a dead one among live ones (failover)."""
+    from sim import oned as oned_sim
+    from sim.linstor import LinstorSim
+
+    monkeypatch.setattr(plan, "known_drivers", lambda: ["linstor_un"])
+    skip = ["--skip", "oned,vmm,restricted,execrc,scripts,libvirt,rules"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    conf = tmp_path / "one-tweaks.conf"
+    auth = tmp_path / "one_auth"
+    auth.write_text("oneadmin:doctor\n")
+    monkeypatch.setenv("ONE_TWEAKS_CONF", str(conf))
+    monkeypatch.setenv("ONE_AUTH", str(auth))
+    with LinstorSim(tmp_path / "linstor") as sim, oned_sim.OnedDouble(auth="oneadmin:doctor") as oned:
+        monkeypatch.setenv("ONE_XMLRPC", oned.url)
+        live = f"127.0.0.1:{sim.port}"
+        conf.write_text(f"LS_CONTROLLERS={live}\n")
+        oned.add_datastore(oned_sim.datastore_document(100, "lin-images", ds_mad="linstor_un", tm_mad="linstor_un"))
+        oned.add_datastore(oned_sim.datastore_document(101, "lin-system", ds_type="SYSTEM_DS", tm_mad="linstor_un",
+                                                       attrs={"LS_CONTROLLERS": f"{dead},{live}"}))
+        oned.add_datastore(oned_sim.datastore_document(102, "files", ds_mad="fs", tm_mad="ssh",
+                                                       attrs={"LS_CONTROLLERS": dead}))  # not linstor_un
+        mark = len(sim.calls)
+        rc, lines = doctor_lines(front72, capsys, *skip)
+        assert rc == 1 and len(lines) == 1, lines
+        assert lines[0].startswith(f"api: LINSTOR controller(s) of datastore 101 (lin-system) unreachable ({dead}: ")
+        assert "fail over" in lines[0] and "LS_CONTROLLERS" in lines[0]
+        assert {c.name for c in sim.calls[mark:]} == {"controller_version"}  # one cheap GET per controller
+        assert len(sim.calls) - mark == 1  # a controller two datastores name is probed once
+
+        conf.write_text(f"LS_CONTROLLERS={dead}\n")  # datastore 100 now has no live controller
+        rc, lines = doctor_lines(front72, capsys, *skip)
+        assert rc == 1 and len(lines) == 2, lines
+        assert lines[0].startswith(f"api: no LINSTOR controller of datastore 100 (lin-images) answers ({dead}: ")
+        assert "every linstor_un action on it fails" in lines[0] and str(conf) in lines[0]
+
+        conf.write_text(f"LS_CONTROLLERS={live}\n")
+        oned.datastore(101).find("TEMPLATE/LS_CONTROLLERS").text = f"linstor://{live}"  # type: ignore[union-attr]
+        rc, lines = doctor_lines(front72, capsys, *skip)
+        assert rc == 0, lines
+        assert lines == ["one-tweaks doctor: healthy (api checked)"]
+        rc, lines = doctor_lines(front72, capsys, *skip, "--offline")
+        assert rc == 0
+    monkeypatch.setenv("ONE_XMLRPC", "http://127.0.0.1:1/RPC2")  # oned down: one line, no traceback
+    rc, lines = doctor_lines(front72, capsys, *skip)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("api: cannot list the linstor_un datastores"), lines
+
+
 def test_doctor_rejects_unknown_checks(front72: Front, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         front72.run("doctor", "--skip", "nonsense")

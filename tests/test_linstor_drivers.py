@@ -3,7 +3,7 @@ oned runs them, against the LINSTOR controller simulator (tests/sim/linstor.py; 
 one sparse file per volume, one loop device that every node holding the resource sees through
 its own ``by-res`` link).
 
-The world (``lcloud``): storage nodes stor1 and stor2 (LVM-thin pool ``thin``) that are no
+The world (``lcloud``, tests/linstor_env.py): storage nodes stor1 and stor2 (LVM-thin pool ``thin``) that are no
 OpenNebula hosts; compute nodes node1 and node2 and the front-end one-fe, LINSTOR satellites
 without any storage pool (diskless only), each with its own ``by-res`` directory. node1,
 node2 and one-fe are reached through the real test sshd (tests/storage_env.py), oned is the
@@ -21,235 +21,40 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shlex
+import re
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Any
 
-import linstor
 import pytest
-import storage_env
+from linstor_env import (
+    DRIVER,
+    FE,
+    IMAGE_DS,
+    NVRAM_RULES,
+    SYSTEM_DS,
+    TWO_PRIMARIES,
+    VM,
+    LinstorCloud,
+    MiB,
+    by_res,
+    calls,
+    context_file,
+    failed,
+    lcloud,
+    ok,
+    read,
+    set_ds,
+    sha,
+    vm_b64,
+    write,
+)
 from lxml import etree
 from sim import oned as oned_sim
-from sim.linstor import LinstorSim
-from sim.oned import OnedDouble
-from storage_env import ONE_AUTH, REPO, Cloud, Sshd, _write_conf, sshd
+from storage_env import REPO, Cloud, sshd
 
-FIXTURES = (sshd,)
-MiB = 2**20
-VM = 42
-FE = "one-fe"
-IMAGE_DS, SYSTEM_DS = 100, 101
-DRIVER = "linstor_un"
-IMAGE_ATTRS = {"BRIDGE_LIST": "node1", "AUTO_PLACE": "2", "STORAGE_POOL": "thin"}
-SYSTEM_ATTRS = {"BRIDGE_LIST": "node1 node2", "NODE_LIST": "stor1 stor2", "STORAGE_POOL": "thin",
-                "CHECKPOINT_AUTO_PLACE": "1"}
-TWO_PRIMARIES = "DrbdOptions/Net/allow-two-primaries"
-
-
-def by_res(name: str) -> str:
-    return f"/dev/drbd/by-res/{name}/0"
-
-
-# --- the world ------------------------------------------------------------------------------------
-
-
-@dataclass
-class LinstorCloud(Cloud):
-    """storage_env's Cloud with the LINSTOR simulator as ``sim`` and the linstor_un executables."""
-
-    def run_tm(self, action: str, *args: str, stdin: bytes = b"", timeout: float = 120,
-               remotes: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-        return self._run((remotes or REPO) / "tm" / DRIVER / action, list(args), stdin, timeout)
-
-    def run_ds(self, action: str, payload: bytes | etree._Element, obj_id: int | str, *, form: str = "6.8",
-               b64: bool = True, timeout: float = 120,
-               remotes: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-        raw = etree.tostring(payload) if isinstance(payload, etree._Element) else payload
-        encoded = base64.b64encode(raw) if b64 else raw
-        argv, stdin = ([str(obj_id)], encoded) if form == "6.8" else (
-            [encoded.decode(), str(obj_id)], b"")
-        return self._run((remotes or REPO) / "datastore" / DRIVER / action, argv, stdin, timeout)
-
-    def make_image(self, image_id: int, *, size_mb: int = 64, persistent: bool = False, image_type: str | None = None,
-                   name: str | None = None, ds_id: int = IMAGE_DS, state: int = oned_sim.IMAGE_READY,
-                   source: str | None = None, fmt: str = "raw",
-                   template: Mapping[str, object] | None = None) -> etree._Element:
-        """An IMAGE whose SOURCE is addon-linstor_un's ``/dev/drbd/by-res/one-image-<ID>/0``."""
-        return super().make_image(image_id, size_mb=size_mb, persistent=persistent, image_type=image_type,
-                                  name=name, ds_id=ds_id, state=state, fmt=fmt, template=template,
-                                  source=by_res(f"one-image-{image_id}") if source is None else source)
-
-    def make_vm(self, vm_id: int = VM, disks: Sequence[Mapping[str, Any]] | None = None, host: str = "node1",
-                user: Mapping[str, object] | None = None, *, context: bool = True,
-                template: Mapping[str, object] | None = None, state: int = oned_sim.VM_ACTIVE,
-                lcm_state: int = oned_sim.LCM_RUNNING, name: str | None = None,
-                system_ds: int = SYSTEM_DS) -> etree._Element:
-        vm = super().make_vm(vm_id, disks, host, user, context=context, template=template, state=state,
-                             lcm_state=lcm_state, name=name, system_ds=system_ds)
-        for el in vm.iter("TM_MAD"):
-            el.text = DRIVER
-        return vm
-
-    # -- LINSTOR ---------------------------------------------------------------------------------
-
-    def lin(self) -> linstor.Linstor:
-        return linstor.Linstor(self.sim.url, timeout=10)
-
-    def make_volume(self, name: str, size_mb: int = 64, *, data: bytes = b"", template: str = "",
-                    tags: Mapping[str, str] | None = None) -> None:
-        """A resource on stor1 and stor2 with ``data`` at its start (written through stor1)."""
-        with self.lin() as lin:
-            for replies in (lin.resource_dfn_create(name),
-                            lin.resource_dfn_modify(name, {f"Aux/one/{k}": v for k, v in (tags or {}).items()}),
-                            lin.volume_dfn_create(name, size_mb * 1024),
-                            lin.resource_create([linstor.ResourceData(n, name, storage_pool="thin")
-                                                 for n in ("stor1", "stor2")])):
-                assert not any(r.is_error() for r in replies), replies
-        if data:
-            write(self.sim.device_path(name, "stor1"), data)
-
-    def inv(self) -> dict[str, Any]:
-        return dict(self.sim.inventory()["resource_definitions"])
-
-    def placed(self, name: str) -> dict[str, bool]:
-        """node -> diskless?"""
-        return {n: bool(r["diskless"]) for n, r in self.inv()[name]["resources"].items()}
-
-    def props(self, name: str) -> dict[str, str]:
-        return dict(self.inv()[name]["props"])
-
-    def snaps(self, name: str) -> list[str]:
-        return sorted(self.inv()[name]["snapshots"])
-
-    def dev(self, host: str, name: str) -> str:
-        return str(self.device_dir(host) / name / "0")
-
-
-
-def _our_loops(root: Path) -> list[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if str(root) in line]
-
-
-@pytest.fixture
-def lcloud(tmp_path: Path, sshd: Sshd) -> Iterator[LinstorCloud]:
-    """A fresh LINSTOR world for one test (see the module doc)."""
-    root = tmp_path / "cloud"
-    root.mkdir()
-    hosts: dict[str, storage_env.TestHost] = {}
-    for name, host_id in (("node1", 1), ("node2", 2), (FE, None)):
-        (root / name / "datastores").mkdir(parents=True)
-        hosts[name] = storage_env.TestHost(name=name, host_id=host_id, client=0, device_dir=root / name / "by-res",
-                               ds_location=f"{root}/{name}//datastores")
-    sim = LinstorSim(root / "linstor")
-    oned = OnedDouble(auth=ONE_AUTH)
-    try:
-        sim.start()
-        for name in ("stor1", "stor2"):
-            sim.add_node(name, root / name / "by-res", pool="thin")
-        for host in hosts.values():
-            sim.add_node(host.name, host.device_dir, pool=None)   # satellites without storage
-        oned.start()
-        fe = hosts[FE]
-        oned.add_datastore(oned_sim.datastore_document(
-            IMAGE_DS, "linstor-images", ds_type="IMAGE_DS", ds_mad=DRIVER, tm_mad=DRIVER, disk_type="BLOCK",
-            base_path=f"{fe.ds_location}/{IMAGE_DS}", attrs={**IMAGE_ATTRS, "SAFE_DIRS": str(tmp_path)}))
-        oned.add_datastore(oned_sim.datastore_document(
-            SYSTEM_DS, "linstor-system", ds_type="SYSTEM_DS", ds_mad="-", tm_mad=DRIVER, disk_type="BLOCK",
-            base_path=f"{fe.ds_location}/{SYSTEM_DS}", attrs=SYSTEM_ATTRS))
-        for host in hosts.values():
-            if host.host_id is not None:
-                oned.add_host(host.name, host.host_id, {"LS_DEVICE_DIR": str(host.device_dir),
-                                                        "DATASTORE_LOCATION": host.ds_location})
-        home = root / "var" / "lib" / "one"
-        home.mkdir(parents=True)
-        auth_file = root / "one_auth"
-        auth_file.write_text(ONE_AUTH + "\n")
-        conf = root / "one-tweaks.conf"
-        (root / "staging").mkdir()
-        settings = {
-            "LS_CONTROLLERS": f"127.0.0.1:{sim.port}",
-            "LS_FRONTEND_NODE": FE,
-            "LS_DEVICE_DIR": str(fe.device_dir),
-            "SSH_COMMAND": shlex.join(sshd.ssh_command),
-            "LOCK_DIR": str(root / "locks"),
-            "STAGING_DIR": str(root / "staging"),
-            "DELAY_DELETE": "48h",
-        }
-        _write_conf(conf, settings)
-        path = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-        env = {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "ONE_XMLRPC": oned.url,
-               "ONE_AUTH": str(auth_file), "ONE_TWEAKS_CONF": str(conf), "PYTHONDONTWRITEBYTECODE": "1"}
-        yield LinstorCloud(root=root, sim=sim, oned=oned, sshd=sshd, hosts=hosts,  # type: ignore[arg-type]
-                           conf=conf, storpool_conf=root / "none", auth_file=auth_file, home=home, env=env,
-                           settings=settings, ssh_log_start=sshd.log_offset())
-    finally:
-        oned.stop()
-        sim.stop()
-    assert not _our_loops(root), "loop devices left attached"
-
-
-# --- helpers --------------------------------------------------------------------------------------
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')}"
-    return proc
-
-
-def failed(proc: subprocess.CompletedProcess[bytes]) -> str:
-    err = proc.stderr.decode(errors="replace")
-    assert proc.returncode == 1, f"exit {proc.returncode}, stderr {err!r}"
-    lines = err.splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, lines
-    return lines[0]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(path: str | Path, data: bytes, offset: int = 0) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read(path: str | Path, length: int, offset: int = 0) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(length)
-
-
-def calls(cloud: LinstorCloud, since: int) -> list[str]:
-    return [c.name for c in cloud.sim.calls[since:] if c.name != "controller_version"]
-
-
-def vm_b64(cloud: LinstorCloud, vm_id: int = VM) -> bytes:
-    return base64.b64encode(etree.tostring(cloud.oned.served("vm", vm_id)))
-
-
-def set_ds(cloud: LinstorCloud, ds_id: int, **attrs: str) -> None:
-    """Change attributes of a datastore's TEMPLATE in the oned double."""
-    tpl = cloud.oned.datastore(ds_id).find("TEMPLATE")
-    assert tpl is not None
-    for key, value in attrs.items():
-        el = tpl.find(key)
-        if el is None:
-            el = etree.SubElement(tpl, key)
-        el.text = value
-
-
-def context_file(cloud: LinstorCloud, vm_id: int = VM) -> Path:
-    path = cloud.home / "vms" / str(vm_id) / "context.sh"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Context variables generated by OpenNebula\nVMID='{vm_id}'\n")
-    return path
+FIXTURES = (sshd, lcloud)
 
 
 def images(cloud: LinstorCloud) -> tuple[bytes, bytes]:
@@ -415,7 +220,7 @@ def test_clone_makes_the_vm_disk_and_a_diskless_attachment(lcloud: LinstorCloud,
     ok(lcloud.run_tm("clone", f"{FE}:{by_res('one-image-7')}", lcloud.tm_path("node1", VM, 0), "42", "100"))
     assert lcloud.placed(name) == {**STORAGE, "node1": True}  # diskless on the compute node
     assert lcloud.props(name) == {"Aux/one/virt": "one", "Aux/one/nloc": "one", "Aux/one/VM_ID": "42",
-                                  "Aux/one/type": "NPERS", "Aux/one/DISK_ID": "0"}
+                                  "Aux/one/type": "NPERS", "Aux/one/DISK_ID": "0", "Aux/one/DS_ID": "101"}
     assert lcloud.inv()[name]["volumes"][0]["size_kib"] * 1024 == 128 * MiB
     assert lcloud.link("node1", VM, 0) == lcloud.dev("node1", name)
     disk = lcloud.disk_path("node1", VM, 0)
@@ -439,22 +244,29 @@ def test_ln_mvds_mkimage_mkswap_context_and_delete(lcloud: LinstorCloud) -> None
     ok(lcloud.run_tm("ln", f"{FE}:{by_res('one-image-8')}", lcloud.tm_path("node1", VM, 0), "42", "100"))
     assert lcloud.placed("one-image-8") == {**STORAGE, "node1": True}
     assert Cloud.sha256(lcloud.disk_path("node1", VM, 0), MiB) == sha(data8)
+    # addon-linstor_un's ln marks the image with the VM, its system datastore and disk
+    assert lcloud.props("one-image-8") == {"Aux/one/virt": "one", "Aux/one/VM_ID": "42", "Aux/one/DS_ID": "101",
+                                           "Aux/one/DISK_ID": "0"}
     ok(lcloud.run_tm("mkimage", "32", "raw", lcloud.tm_path("node1", VM, 1), "42", "101"))
     ok(lcloud.run_tm("mkswap", "16", lcloud.tm_path("node1", VM, 2), "42", "101"))
     for disk_id, kind in ((1, "ext4"), (2, "swap")):
         name = f"one-vm-42-disk-{disk_id}"
         assert lcloud.placed(name) == {**STORAGE, "node1": True}  # NODE_LIST of the system datastore
+        assert {k: v for k, v in lcloud.props(name).items() if k.endswith("_ID")} == {
+            "Aux/one/VM_ID": "42", "Aux/one/DS_ID": "101", "Aux/one/DISK_ID": str(disk_id)}
         probe = lcloud.ssh("node1", "blkid", "-p", "-o", "value", "-s", "TYPE", str(lcloud.disk_path("node1", VM,
                                                                                                      disk_id)))
         assert probe.stdout.decode().strip() == kind
     ok(lcloud.run_tm("context", str(context_file(lcloud)), lcloud.tm_path("node1", VM, 3), "42", "101"))
     assert lcloud.placed("one-vm-42-disk-3") == {**STORAGE, "node1": True}
     assert lcloud.props("one-vm-42-disk-3")["Aux/one/type"] == "CNTXT"
+    assert lcloud.props("one-vm-42-disk-3")["Aux/one/DS_ID"] == "101"
     assert read(lcloud.disk_path("node1", VM, 3), 5, 32769) == b"CD001"  # an ISO 9660 image
 
     # terminate: MVDS (persistent), DELETE (volatile), DELETE of the VM directory
     ok(lcloud.run_tm("mvds", lcloud.tm_path("node1", VM, 0), by_res("one-image-8"), "42", "100"))
     assert lcloud.placed("one-image-8") == STORAGE and lcloud.link("node1", VM, 0) is None
+    assert lcloud.props("one-image-8") == {"Aux/one/virt": "one"}  # mvds clears the VM's marks
     for disk_id in (1, 2):
         ok(lcloud.run_tm("delete", lcloud.tm_path("node1", VM, disk_id), "42", "101"))
     with lcloud.lin() as lin:  # a checkpoint left behind goes with the VM directory
@@ -462,6 +274,77 @@ def test_ln_mvds_mkimage_mkswap_context_and_delete(lcloud: LinstorCloud) -> None
     ok(lcloud.run_tm("delete", lcloud.tm_path("node1", VM), "42", "101"))
     assert set(lcloud.inv()) == {"one-image-7", "one-image-8"}
     assert not lcloud.vm_dir("node1", VM).exists()
+
+
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def test_context_makes_the_nvram_resource_once_and_delete_removes_it(lcloud: LinstorCloud) -> None:
+    lcloud.make_vm(VM, [], user={"T_OS_NVRAM": "storpool"})
+    ctx = context_file(lcloud)
+    ok(lcloud.run_tm("context", str(ctx), lcloud.tm_path("node1", VM, 0), "42", "101"))
+    name = "one-vm-42-nvram"
+    assert set(lcloud.inv()) == {"one-vm-42-disk-0", name}
+    assert lcloud.props(name) == {"Aux/one/virt": "one", "Aux/one/nloc": "one", "Aux/one/VM_ID": "42",
+                                  "Aux/one/type": "NVRAM", "Aux/one/DS_ID": "101"}
+    assert lcloud.placed(name) == {**STORAGE, "node1": True}  # the system datastore's NODE_LIST, diskless on node1
+    assert lcloud.inv()[name]["volumes"][0]["size_kib"] == 1024
+    # the device the os-nvram-linstor_un rule names, under node1's by-res directory
+    device = Path(lcloud.dev("node1", name))
+    assert str(device) == f"{lcloud.device_dir('node1')}/one-vm-42-nvram/0" and device.exists()
+    template = OVMF_VARS.read_bytes()
+    offset = MiB - len(template)
+    assert read(device, len(template), offset) == template and read(device, offset) == bytes(offset)
+    write(device, b"guest-variable", offset + 4096)
+    ok(lcloud.run_tm("context", str(ctx), lcloud.tm_path("node1", VM, 0), "42", "101"))  # restore, updateconf
+    assert read(device, 14, offset + 4096) == b"guest-variable"
+    assert set(lcloud.inv()) == {"one-vm-42-disk-0", name}
+    # without T_OS_NVRAM: no NVRAM resource
+    lcloud.make_vm(43, [], user={"T_OS_NVRAM": "file"})
+    ok(lcloud.run_tm("context", str(context_file(lcloud, 43)), lcloud.tm_path("node1", 43, 0), "43", "101"))
+    assert "one-vm-43-nvram" not in lcloud.inv()
+    # terminate: the context disk, then the VM directory takes the NVRAM resource
+    ok(lcloud.run_tm("delete", lcloud.tm_path("node1", VM, 0), "42", "101"))
+    ok(lcloud.run_tm("delete", lcloud.tm_path("node1", VM), "42", "101"))
+    assert set(lcloud.inv()) == {"one-vm-43-disk-0"} and not device.exists()
+    ok(lcloud.run_tm("delete", lcloud.tm_path("node1", 43), "43", "101"))
+    assert lcloud.inv() == {}
+
+
+def test_nvram_rules_point_linstor_vms_at_the_drbd_device(tmp_path: Path, assert_valid: Any) -> None:
+    """README's two os-nvram rule files: the linstor_un system datastore's VMs get the DRBD
+    device of ``one-vm-<VM>-nvram``, the others keep the StorPool volume; both idempotent."""
+    from conftest import apply, deployment, vm_xml
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in NVRAM_RULES.items():
+        (rules / name).write_text(text)
+    for tm_mad, dev in (("linstor_un", "/dev/drbd/by-res/one-vm-42-nvram/0"),
+                        ("storpool", "/dev/storpool/one-sys-42-NVRAM")):
+        vm = etree.fromstring(vm_xml({"T_OS_NVRAM": "storpool"}))
+        vm.find("HISTORY_RECORDS/HISTORY[last()]/TM_MAD").text = tm_mad  # type: ignore[union-attr]
+        data = etree.tostring(vm)
+        outcome = apply(deployment(), data, [str(rules)])
+        assert_valid(outcome.tree)
+        nvram = outcome.tree.getroot().find("os/nvram")
+        assert nvram is not None and nvram.get("type") == "block"
+        assert [(c.tag, dict(c.attrib)) for c in nvram] == [("source", {"dev": dev})], tm_mad
+        applied = {r.name: r.status for r in outcome.report.results if r.name.startswith("os-nvram")}
+        assert sorted(applied) == ["os-nvram", "os-nvram-linstor_un"]  # the shipped file is replaced
+        mine = "os-nvram-linstor_un" if tm_mad == "linstor_un" else "os-nvram"
+        assert applied[mine] == "applied" and [n for n, st in applied.items() if st == "applied"] == [mine], applied
+        again = apply(etree.tostring(outcome.tree), data, [str(rules)])
+        assert etree.tostring(again.tree) == etree.tostring(outcome.tree)
+        assert not any(r.changes for r in again.report.results)
+
+
+def _volume_views(cloud: LinstorCloud, name: str) -> list[dict[str, int]]:
+    """Volume 0 of ``name`` on each node, as the controller's volume list shows it."""
+    with cloud.lin() as lin:
+        return [{"allocated_kib": int(vol.allocated_size or 0)}
+                for rsc in lin.volume_list_raise(filter_by_resources=[name]).resources
+                for vol in rsc.volumes or [] if int(vol.number) == 0]
 
 
 def test_cpds_resize_and_disk_snapshots(lcloud: LinstorCloud) -> None:
@@ -474,6 +357,10 @@ def test_cpds_resize_and_disk_snapshots(lcloud: LinstorCloud) -> None:
     write(disk, b"fourt")
     assert lcloud.snaps(name) == ["snapshot-0", "snapshot-1", "snapshot-2"]
     assert lcloud.inv()[name]["snapshots"]["snapshot-1"]  # addon-linstor_un's names
+    sizes = {k: v for k, v in lcloud.props(name).items() if k.startswith("Aux/one/SNAPSHOT_")}
+    assert set(sizes) == {f"Aux/one/SNAPSHOT_{n}/DISK_SIZE" for n in range(3)}  # as addon-linstor_un records
+    allocated = max(vol["allocated_kib"] for vol in _volume_views(lcloud, name))
+    assert all(0 < int(v) <= allocated for v in sizes.values()), (sizes, allocated)
     # revert to an older snapshot than the latest: restored into a temporary and copied back
     mark = len(lcloud.sim.calls)
     ok(lcloud.run_tm("snap_revert", lcloud.tm_path("node1", VM, 0), "0", "42", "100"))
@@ -487,6 +374,8 @@ def test_cpds_resize_and_disk_snapshots(lcloud: LinstorCloud) -> None:
     ok(lcloud.run_tm("snap_delete", lcloud.tm_path("node1", VM, 0), "1", "42", "100"))
     ok(lcloud.run_tm("snap_delete", lcloud.tm_path("node1", VM, 0), "1", "42", "100"))
     assert lcloud.snaps(name) == ["snapshot-0", "snapshot-2"]
+    assert {k for k in lcloud.props(name) if k.startswith("Aux/one/SNAPSHOT_")} == {
+        "Aux/one/SNAPSHOT_0/DISK_SIZE", "Aux/one/SNAPSHOT_2/DISK_SIZE"}
     # cpds: disk-saveas into the SOURCE ds mkfs save_as printed, from the disk and from a snapshot
     ok(lcloud.run_tm("cpds", lcloud.tm_path("node1", VM, 0), by_res("one-image-30"), "-1", "42", "100"))
     ok(lcloud.run_tm("cpds", lcloud.tm_path("node1", VM, 0), by_res("one-image-31"), "0", "42", "100"))
@@ -617,6 +506,8 @@ def test_checkpoint_volume_uses_checkpoint_auto_place(lcloud: LinstorCloud) -> N
     assert len([n for n, diskless in where.items() if not diskless]) == 1  # CHECKPOINT_AUTO_PLACE 1
     assert where["node1"] is True and os.readlink(file1) == lcloud.dev("node1", name)
     assert lcloud.inv()[name]["volumes"][0]["size_kib"] * 1024 == (71 + 8) * MiB  # MEMORY * 1.1 + header
+    assert {k: v for k, v in lcloud.props(name).items() if k.endswith(("_ID", "type"))} == {
+        "Aux/one/VM_ID": "42", "Aux/one/DS_ID": "101", "Aux/one/type": "CHKPNT"}
     ok(lcloud.run_tm("postsave", *saved, stdin=_vmm_message(lcloud, "node1", file1)))
     assert "node1" not in lcloud.placed(name) and not os.path.lexists(file1)
     restored = [file2, "node2", "one-42", "42", "node2"]
@@ -658,3 +549,55 @@ def test_export_reads_a_snapshot_and_leaves_no_linstor_object(lcloud: LinstorClo
     assert hashlib.sha256(raw.read_bytes()[:MiB]).hexdigest() == sha(data7)
     assert set(lcloud.inv()) == {"one-image-7", "one-image-8"} and lcloud.snaps("one-image-7") == []
     assert lcloud.placed("one-image-7") == STORAGE
+
+
+# --- VM snapshots (vmm/kvm/snapshot_*-tweaks) ---------------------------------------------------
+
+
+def _snap_vmm(cloud: LinstorCloud, action: str, snap: str) -> subprocess.CompletedProcess[bytes]:
+    """A VM snapshot override as oned calls it: ``<deploy_id> <snap> <vmid> <host>``, base64 message."""
+    root = etree.Element("VMM_DRIVER_ACTION_DATA")
+    for tag, value in (("HOST", "node1"), ("MIGR_HOST", ""), ("DEPLOY_ID", "one-42")):
+        etree.SubElement(root, tag).text = value or None
+    root.append(cloud.oned.served("vm", VM))
+    root.append(cloud.oned.served("datastore", SYSTEM_DS))
+    return subprocess.run([sys.executable, str(REPO / "vmm" / "kvm" / f"snapshot_{action}-tweaks"), "one-42", snap,
+                           str(VM), "node1"], input=base64.b64encode(etree.tostring(root)), capture_output=True,
+                          env=cloud.env, cwd=cloud.home, timeout=120, check=False)
+
+
+def _vm_snaps(cloud: LinstorCloud) -> dict[str, dict[str, str]]:
+    """``res@snap`` -> its Aux/one properties, for every VM snapshot."""
+    with cloud.lin() as lin:
+        return {f"{sd.rsc_name}@{sd.name}": {k[8:]: v for k, v in sd.properties.items() if k.startswith("Aux/one/")}
+                for sd in lin.snapshot_dfn_list_raise().snapshots if str(sd.name).startswith("vmsnapshot-")}
+
+
+def test_vm_snapshot_create_is_all_or_nothing_and_rerunnable(lcloud: LinstorCloud) -> None:
+    images(lcloud)
+    lcloud.make_vm(VM, user={"VMSNAPSHOT_FSFREEZE": "0"})
+    prolog(lcloud)
+    writable = ("one-vm-42-disk-0", "one-image-8", "one-vm-42-disk-2")  # not the context ISO (disk 3)
+
+    lcloud.sim.fail("snapshot_create_multi")  # LINSTOR refuses the group: nothing is left
+    line = failed(_snap_vmm(lcloud, "create", "0"))
+    assert line.startswith("VM 42 snapshot 0 not taken: LINSTOR group snapshot vmsnapshot-0-") and not _vm_snaps(lcloud)
+
+    lcloud.sim.fail("snapshot_create_multi", apply=True)  # made, reply lost: recognised and tagged
+    proc = _snap_vmm(lcloud, "create", "0")
+    hid = ok(proc).stdout.decode().strip()
+    assert re.fullmatch(r"snap-0-[0-9]+", hid)
+    ts = hid.split("-")[2]
+    snaps = _vm_snaps(lcloud)
+    assert set(snaps) == {f"{res}@vmsnapshot-0-{ts}" for res in writable}
+    assert snaps[f"one-image-8@vmsnapshot-0-{ts}"] == {"virt": "one", "nloc": "one", "VM_ID": "42", "onesnap": "0",
+                                                       "DISK_ID": "1"}
+    mark = len(lcloud.sim.calls)
+    assert ok(_snap_vmm(lcloud, "create", "0")).stdout.decode().strip() == hid  # a re-run: the same group
+    assert "snapshot_create_multi" not in calls(lcloud, mark)
+
+    ok(_snap_vmm(lcloud, "delete", hid))
+    assert not _vm_snaps(lcloud)
+    ok(_snap_vmm(lcloud, "delete", hid))  # gone already: done
+    assert "has no snapshot snap-0-1" in failed(_snap_vmm(lcloud, "revert", "snap-0-1"))
+    assert "is not a VM snapshot" in failed(_snap_vmm(lcloud, "delete", "0;rm -rf /"))

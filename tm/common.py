@@ -69,6 +69,15 @@ def disk_path(arg: str, what: str = "disk", vm_id: int | None = None) -> DiskPat
     return found
 
 
+def system_ds_of(vm_dir: str) -> int:
+    """The system datastore id of a VM directory ``.../<ds_id>/<vm_id>`` (checked by
+    ``check_vm_dir``)."""
+    raw = posixpath.basename(posixpath.dirname(vm_dir.rstrip("/")))
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise DriverError(f"{vm_dir} is not a VM directory in a system datastore")
+    return int(raw)
+
+
 def check_vm_dir(path: str, vm_id: int, what: str = "VM directory") -> str:
     """``path`` must be a VM directory of VM ``vm_id`` (``.../<ds_id>/<vm_id>``)."""
     parts = path.rstrip("/").split("/")

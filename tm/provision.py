@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 
 from datastore.driver import Driver
-from datastore.naming import Names, tags
+from datastore.naming import Names, tags, user_tags
 from onelib.errors import Conflict, DriverError
 from onelib.hostcmd import Host
 
-from .common import DiskPath, VmDisk, link
+from .common import DiskPath, VmDisk, link, system_ds_of
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 MKFS = {"ext2": ["mkfs.ext2", "-F", "-q"], "ext3": ["mkfs.ext3", "-F", "-q"], "ext4": ["mkfs.ext4", "-F", "-q"],
@@ -41,10 +41,15 @@ def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement
     host = drv.host(dst.host)
     shell = drv.shell(dst.host)
     readonly = disk.attach_readonly
+    ds_id = system_ds_of(dst.vm_dir)
     with drv.lock(name):
         created = False
+        if mode == "attach":
+            own = user_tags(drv.names, vm_id, ds_id, disk.disk_id)
+            if own:  # addon-linstor_un marks the image with the VM using it
+                backend.set_tags(name, own)
         if mode in ("clone", "create"):
-            wanted_tags = tags(drv.names, vm_id=vm_id, kind=disk.type_tag, disk_id=disk.disk_id)
+            wanted_tags = tags(drv.names, vm_id=vm_id, kind=disk.type_tag, disk_id=disk.disk_id, ds_id=ds_id)
             try:
                 if mode == "clone":
                     backend.clone(volume_name(source), name, placement=placement, tags=wanted_tags,

@@ -391,7 +391,8 @@ class CheckpointVolume:
             created = False
             try:
                 drv.backend.create(self.name, size, placement=drv.placement(call.ds_id),
-                                   tags=tags(drv.names, vm_id=call.vm_id, kind=TYPE_CHECKPOINT))
+                                   tags=tags(drv.names, vm_id=call.vm_id, kind=TYPE_CHECKPOINT,
+                                             ds_id=call.ds_id))
                 created = True
             except Conflict:
                 self._reuse(size)

@@ -3,7 +3,9 @@
 which cannot work on raw block disks.
 
 A VM snapshot ``<snap_id>`` taken at Unix time ``<ts>`` is one snapshot per volume, named
-``<volume>-ONESNAP-<snap_id>-<ts>`` (addon-storpool's names) and tagged ``virt=one``,
+``<volume>-ONESNAP-<snap_id>-<ts>`` (addon-storpool's names; on linstor_un the LINSTOR
+snapshot ``vmsnapshot-<snap_id>-<ts>`` of every resource, one multi-resource snapshot, see
+``datastore.naming``) and tagged ``virt=one``,
 ``nloc=<ONE_PX>``, ``nvm=<VM>``, ``diskid=<DISK_ID>`` and ``onesnap=<snap_id>``; oned keeps
 ``snap-<snap_id>-<ts>`` as the snapshot's HYPERVISOR_ID, from which revert and delete find
 the group again. Volumes: every writable disk of the VM kept by the system datastore's
@@ -35,7 +37,6 @@ from tweaks.record import record
 from . import domain_ops as ops
 from .entry import VmmRequest
 
-ONESNAP = re.compile(r"(?P<vol>[A-Za-z0-9][A-Za-z0-9_.-]*)-ONESNAP-(?P<sid>[0-9]{1,9})-(?P<ts>[0-9]{1,12})")
 _HYPERVISOR_ID = re.compile(r"(?:snap-|ONESNAP-)(?P<sid>[0-9]{1,9})(?:-(?P<ts>[0-9]{1,12}))?")
 TRUE = ("1", "yes", "true", "on")
 
@@ -158,21 +159,22 @@ class SnapContext:
         return self.drv.backend.find(f"{self.drv.names.px}-")
 
     def groups(self, listing: Sequence[Volume], volumes: Sequence[SnapVolume]) -> dict[tuple[int, int], Group]:
-        """This VM's snapshot groups: snapshots named ``<vol>-ONESNAP-<id>-<ts>`` of its current
-        volumes, or tagged as this VM's (volumes detached since)."""
+        """This VM's snapshot groups: snapshots named ``<vol>-ONESNAP-<id>-<ts>`` (linstor_un:
+        ``<res>@vmsnapshot-<id>-<ts>``) of its current volumes, or tagged as this VM's (volumes
+        detached since)."""
         ours = {v.name for v in volumes}
         px = self.drv.names.px
         out: dict[tuple[int, int], Group] = {}
         for snap in listing:
-            match = ONESNAP.fullmatch(snap.name) if snap.snapshot else None
-            if match is None:
+            parsed = self.drv.names.split_vm_snapshot(snap.name) if snap.snapshot else None
+            if parsed is None:
                 continue
+            volume, sid, ts = parsed
             tagged = snap.tags.get("nvm") == str(self.vm_id) and snap.tags.get("nloc", px) == px \
                 and "onesnap" in snap.tags
-            if match.group("vol") not in ours and not tagged:
+            if volume not in ours and not tagged:
                 continue
-            key = (int(match.group("sid")), int(match.group("ts")))
-            out.setdefault(key, Group(snap_id=key[0], ts=key[1], members={})).members[match.group("vol")] = snap
+            out.setdefault((sid, ts), Group(snap_id=sid, ts=ts, members={})).members[volume] = snap
         return out
 
     def find_group(self, groups: Mapping[tuple[int, int], Group], raw_id: str) -> Group | None:
@@ -239,3 +241,15 @@ def group_snapshot(backend: Backend, items: Sequence[tuple[str, str, Mapping[str
     for _, snap, own in items:
         if own:
             backend.set_tags(snap, own, snapshot=True)
+
+
+def retag(backend: Backend, items: Sequence[tuple[str, str, Mapping[str, str]]], common: Mapping[str, str]) -> None:
+    """The group's tags again, after a group snapshot whose reply was lost: a backend that
+    tags after snapshotting (LINSTOR) may not have got that far. StorPool's group call
+    carries its tags."""
+    from datastore.backends.storpool import StorPool
+
+    if isinstance(backend, StorPool):
+        return
+    for _, snap, own in items:
+        backend.set_tags(snap, {**common, **own}, snapshot=True)

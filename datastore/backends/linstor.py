@@ -14,8 +14,8 @@ that signed the controller's certificate; addon-linstor_un passed it as a second
 Names: resources are the driver's names (``datastore.naming.LinstorNames``); a snapshot is
 named ``<resource>@<snapshot>`` here, since LINSTOR snapshot names are per resource.
 Metadata ("tags") are resource-definition (snapshot-definition) properties ``Aux/one/<key>``,
-with addon-linstor_un's keys for the VM and disk (``nvm`` <-> ``Aux/one/VM_ID``, ``diskid``
-<-> ``Aux/one/DISK_ID``).
+with addon-linstor_un's keys for the VM, disk and system datastore (``nvm`` <->
+``Aux/one/VM_ID``, ``diskid`` <-> ``Aux/one/DISK_ID``, ``dsid`` <-> ``Aux/one/DS_ID``).
 
 Placement (the datastore's attributes, addon-linstor_un's ``linstor_load_keys``):
 
@@ -55,6 +55,9 @@ LINSTOR semantics this backend keeps:
   addon-linstor_un does; a pool without snapshot support falls back to copying;
 - a snapshot is read through a temporary resource restored from it (``<res>-<snapshot>``),
   deleted on detach;
+- a disk snapshot ``snapshot-<N>`` is recorded as addon-linstor_un does, in the resource
+  definition's ``Aux/one/SNAPSHOT_<N>/DISK_SIZE`` (KiB allocated when it was taken), removed
+  with the snapshot;
 - deleting a resource deletes its snapshots (LINSTOR refuses otherwise) and the snapshot
   of its clone source, if any;
 - live migration: ``dual_primary`` sets DrbdOptions/Net/allow-two-primaries=yes on the
@@ -90,7 +93,7 @@ TWO_PRIMARIES = "DrbdOptions/Net/allow-two-primaries"
 AUX = "Aux/one/"
 INCOMPLETE = "incomplete"  # tag of a resource still being made (datastore.imageds uses the same)
 # tag <-> property key (addon-linstor_un's property names where it has one)
-TAG_KEYS = {"nvm": "VM_ID", "diskid": "DISK_ID"}
+TAG_KEYS = {"nvm": "VM_ID", "diskid": "DISK_ID", "dsid": "DS_ID"}
 PROP_KEYS = {v: k for k, v in TAG_KEYS.items()}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{1,47}")
 _TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -524,6 +527,12 @@ class Linstor(Backend):
             resource, snap = split_snapshot(name)
             self._change("resource_dfn_delete", self._reader(resource, snap), what=f"delete reader of {name}")
             self._change("snapshot_delete", resource, snap, what=f"delete snapshot {name}")
+            disk_snap = _DISK_SNAPSHOT.fullmatch(snap)
+            if disk_snap:  # its size record goes with it (1 call)
+                with contextlib.suppress(NotFound):
+                    self._change("resource_dfn_modify", resource, {},
+                                 delete_props=[_snapshot_size_key(disk_snap.group(1))],
+                                 what=f"properties of {resource}")
             return
         check_name(name)
         for sd in self._snapshot_defs():
@@ -576,7 +585,8 @@ class Linstor(Backend):
     # --- snapshots -------------------------------------------------------------------------------
     def snapshot(self, volume: str, name: str, *, tags: Mapping[str, str] | None = None,
                  delete_after: int = 0) -> None:
-        """A snapshot on every diskful node (1 call, +1 for its properties)."""
+        """A snapshot on every diskful node (1 call, +1 for its properties, +2 for a disk
+        snapshot's size record)."""
         resource, snap = split_snapshot(name if "@" in name else f"{volume}@{name}")
         if resource != volume:
             raise DriverError(f"snapshot {name} does not belong to {volume}")
@@ -585,6 +595,15 @@ class Linstor(Backend):
         self._change("snapshot_create", [], resource, snap, what=f"snapshot {resource}@{snap}")
         if tags:
             self.set_tags(f"{resource}@{snap}", tags, snapshot=True)
+        disk_snap = _DISK_SNAPSHOT.fullmatch(snap)
+        if disk_snap:  # addon-linstor_un's record of a disk snapshot's size (2 calls)
+            allocated = [int(vol.allocated_size) for rsc in self._query(
+                lambda c: c.volume_list_raise(filter_by_resources=[resource]).resources, "volume list")
+                if _same(rsc.name, resource) for vol in rsc.volumes or []
+                if int(vol.number) == 0 and vol.allocated_size is not None]
+            self._change("resource_dfn_modify", resource, {_snapshot_size_key(disk_snap.group(1)):
+                                                           str(max(allocated, default=0))},
+                         what=f"properties of {resource}")
 
     def group_snapshot(self, pairs: Sequence[tuple[str, str]], *, tags: Mapping[str, str] | None = None) -> None:
         """One multi-resource snapshot (LINSTOR: one snapshot name for all; all or none), then
@@ -804,6 +823,15 @@ def _derived(resource: str, suffix: str) -> str:
         return name
     digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:10]
     return f"{resource[:36]}-{digest}"
+
+
+_DISK_SNAPSHOT = re.compile(r"snapshot-([0-9]{1,9})")
+
+
+def _snapshot_size_key(snap_id: str) -> str:
+    """addon-linstor_un's resource-definition property with a disk snapshot's size (KiB
+    allocated on the largest replica when it was taken)."""
+    return f"{AUX}SNAPSHOT_{snap_id}/DISK_SIZE"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,10 @@ Checks (``--skip`` takes their names; ``--offline`` skips ``api``):
 - ``scripts``: every executable is installed, executable, runs this installation's Python,
   and that Python imports the drivers.
 - ``libvirt``: libvirt's domain schema exists (the tweak engine validates with it).
-- ``api``: the storage API answers one cheap GET with the configured token.
+- ``api``: the storage API answers one cheap GET with the configured token (StorPool);
+  for every ``linstor_un`` datastore oned lists, a LINSTOR controller of its LS_CONTROLLERS
+  (datastore template over the configuration; TLS with LS_CERTFILE/LS_KEYFILE/LS_CAFILE)
+  answers ``GET /v1/controller/version``.
 - ``rules``: ``one-tweaks check`` passes on the rule files.
 """
 
@@ -21,9 +24,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import ssl
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
+from .. import xmldoc
 from ..config import Config, read_storpool_conf
 from ..errors import DriverError
 from . import files, patch, plan
@@ -85,6 +92,8 @@ def run(remotes: str, oned_conf: str, vmm_execrc: str, skip: set[str]) -> int:
                        "writes; install libvirt0 (Debian/Ubuntu) or libvirt-libs (RHEL)")
     if "api" not in skip and "storpool" in the_plan.drivers:
         check_storpool_api(report)
+    if "api" not in skip and "linstor_un" in the_plan.drivers:
+        check_linstor_controllers(report)
     if "rules" not in skip:
         check_rules(report)
     for line in report.problems:
@@ -308,6 +317,99 @@ def check_storpool_api(report: Report) -> None:
         what = f"{err.get('name', 'HTTP ' + str(status))}: {err.get('descr', '')}".rstrip(": ")
         hint = "check SP_AUTH_TOKEN" if status in (401, 403) or "auth" in what.lower() else "check the API"
         report.add(f"api: StorPool API {where} refused a request ({what}): {hint} in {conf_path}")
+
+
+# --- LINSTOR controllers ---------------------------------------------------------------
+
+LINSTOR_PORTS = {"linstor": 3370, "http": 3370, "linstor+ssl": 3371, "https": 3371}
+_LINSTOR_TLS = ("LS_CERTFILE", "LS_KEYFILE", "LS_CAFILE")
+
+
+def check_linstor_controllers(report: Report) -> None:
+    """For each linstor_un datastore: does a controller of its LS_CONTROLLERS answer? The
+    drivers take the first that does, so one line per datastore none of whose controllers
+    answers, and one per datastore with some unreachable (failover then has fewer left)."""
+    conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
+    try:
+        config = Config.load()
+    except DriverError as exc:
+        report.add(f"api: {exc}: fix that file")
+        return
+    from ..oned import Oned
+
+    try:
+        pool = xmldoc.parse(Oned(timeout=API_TIMEOUT).call("one.datastorepool.info"),
+                            "one.datastorepool.info")
+    except DriverError as exc:
+        report.add(f"api: cannot list the linstor_un datastores ({exc}): check ONE_XMLRPC/ONE_AUTH for this user; "
+                   "--offline skips this check")
+        return
+    probed: dict[tuple[str, ...], str] = {}  # (controller, TLS files) -> "" or why it does not answer
+    for ds in pool.iterfind("DATASTORE"):
+        if "linstor_un" not in (xmldoc.text(ds, "TM_MAD"), xmldoc.text(ds, "DS_MAD")):
+            continue
+        label = f"datastore {xmldoc.text(ds, 'ID')} ({xmldoc.text(ds, 'NAME')})"
+        cfg = config.overlay(xmldoc.template_attrs(ds.find("TEMPLATE")))
+        tls = tuple(cfg.get(k).strip() for k in _LINSTOR_TLS)
+        raw = cfg.get("LS_CONTROLLERS").strip() or os.environ.get("LS_CONTROLLERS", "").strip() or "localhost"
+        controllers = [c for c in re.split(r"[\s,]+", raw) if c]
+        for c in controllers:
+            if (c, *tls) not in probed:
+                probed[(c, *tls)] = _probe_linstor(c, tls)
+        errors = {c: probed[(c, *tls)] for c in controllers if probed[(c, *tls)]}
+        where = f"LS_CONTROLLERS of its template or {conf_path}"
+        if len(errors) == len(controllers):
+            detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
+            report.add(f"api: no LINSTOR controller of {label} answers ({detail}): every linstor_un action on it "
+                       f"fails; check {where} (and LS_CERTFILE/LS_KEYFILE/LS_CAFILE for TLS) and that this "
+                       "front-end can reach the controller; --offline skips this check")
+        elif errors:
+            detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
+            report.add(f"api: LINSTOR controller(s) of {label} unreachable ({detail}): the drivers fail over to "
+                       f"the others, but fix or remove them in {where}")
+
+
+def _probe_linstor(controller: str, tls: tuple[str, ...]) -> str:
+    """"" when ``controller`` answers GET /v1/controller/version as LINSTOR does, else why not."""
+    certfile, keyfile, cafile = tls
+    default = "linstor+ssl" if any(tls) else "linstor"
+    try:
+        parts = urlsplit(controller if "://" in controller else f"{default}://{controller}")
+        scheme = parts.scheme.lower()
+        if scheme not in LINSTOR_PORTS or not parts.hostname:
+            return "not a controller address (host[:port], linstor:// or linstor+ssl://)"
+        port = parts.port or LINSTOR_PORTS[scheme]
+    except ValueError as exc:
+        return f"not a controller address ({exc})"
+    conn: http.client.HTTPConnection
+    try:
+        if scheme in ("linstor+ssl", "https"):
+            context = ssl.create_default_context(cafile=cafile or None)
+            if certfile:
+                context.load_cert_chain(certfile, keyfile or None)
+            conn = http.client.HTTPSConnection(parts.hostname, port, timeout=API_TIMEOUT, context=context)
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, port, timeout=API_TIMEOUT)
+    except (OSError, ssl.SSLError) as exc:
+        return f"TLS settings: {exc}"
+    try:
+        conn.request("GET", "/v1/controller/version", headers={"Connection": "close",
+                                                               "User-Agent": "one-tweaks-doctor"})
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {API_TIMEOUT:g}s"
+        return str(exc) or type(exc).__name__
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(body) if body else None
+    except ValueError:
+        reply = None
+    if status != 200 or not isinstance(reply, dict) or "version" not in reply:
+        return f"HTTP {status} without LINSTOR's version reply: is this a LINSTOR controller?"
+    return ""
 
 
 # --- rules -------------------------------------------------------------------------------

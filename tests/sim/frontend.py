@@ -12,24 +12,49 @@ oned double (``cloud.oned``) it does what oned and its drivers do around our scr
   lowercased = script ``REPO/tm/<tm_mad>/<name>``, the rest its argv);
 - calls the VMM local overrides with oned's argv and the base64 driver message on stdin
   (deploy-tweaks: ``<local deployment file> <host> <vmid> <host>``, the domain XML), with a
-  stand-in of the remote ``vmm/kvm/deploy`` (stores the file, ``virsh create``, prints UUID).
+  stand-in of the remote ``vmm/kvm/deploy`` (stores the file, ``virsh create``, prints UUID);
+- storage lifecycle (its own section): image import (DS ``stat`` + ``cp``) and delete (DS
+  ``rm``; refused while VMs use the image, as oned does), SAVE/RESTORE through the local
+  overrides ``save-tweaks``/``restore-tweaks`` (or a seed alias such as ``tmsave``) for
+  suspend, stop (``transfer.<seq>.stop``/``.resume`` MV lines host <-> front-end) and resume,
+  disk-saveas (DS ``mkfs`` FORMAT=save_as, then the CPDS line), and backup (the BACKUP TM
+  steps ``prebackup[_live]``/``postbackup[_live]`` with the plain ``<VM>`` on stdin, the
+  backup datastore being a stand-in that fetches the files from the host). Where 6.10 and
+  7.2 call a driver the same way (everything but the deployment file, per
+  ../shared/docs/opennebula-drivers.md) one code path serves both. For a block system
+  datastore the save/restore overrides run ``virsh save``/``restore`` on the host
+  themselves; OpenNebula's remote ``vmm/kvm/save``/``restore`` would only run for other
+  TM_MADs and are not installed here.
+- live machinery (its own section, last): direct kernel boot (OS/KERNEL, INITRD,
+  KERNEL_CMD rendered into ``<os>``), live MIGRATE (``migrate``: a new history record,
+  tm premigrate/postmigrate/failmigrate around ``migrate-tweaks``) and RESIZEDISK
+  (``resize_disk``: the TM RESIZE line, then ``resize_disk-tweaks`` when running).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 from lxml import etree
+
+from onelib.install.plan import VMM_OVERRIDES
 
 from . import oned as oned_sim
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 VM_POWEROFF = 8
+VM_STOPPED, VM_SUSPENDED = 4, 5
+# LCM states (VirtualMachine.h) the storage lifecycle passes through
+LCM_SAVE_STOP, LCM_SAVE_SUSPEND, LCM_PROLOG_RESUME, LCM_EPILOG_STOP = 5, 6, 9, 10
+LCM_BOOT_SUSPENDED, LCM_BOOT_STOPPED, LCM_BACKUP, LCM_BACKUP_POWEROFF = 21, 22, 69, 70
 KVM_CPU = ("<cpu mode='host-passthrough' check='none' migratable='on'>"
            "<feature policy='disable' name='arch-capabilities'/></cpu>")
 STANDIN_DEPLOY = """#!/bin/bash
@@ -46,6 +71,10 @@ echo "${{uuid%%[[:space:]]*}}"
 
 class DriverFailed(AssertionError):
     pass
+
+
+class Refused(AssertionError):
+    """oned refused the request before calling any driver (e.g. deleting an image in use)."""
 
 
 def _ok(proc: subprocess.CompletedProcess[bytes], what: str) -> str:
@@ -115,7 +144,7 @@ class Frontend:
                f"\t<vcpu><![CDATA[{tpl.findtext('VCPU', '1')}]]></vcpu>",
                f"\t<cputune><shares>{int(float(tpl.findtext('CPU', '1')) * 1024)}</shares></cputune>",
                f"\t<memory>{int(tpl.findtext('MEMORY', '128')) * 1024}</memory>",
-               f"\t<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"]
+               f"\t<os><type arch='x86_64' machine='{machine}'>hvm</type>{self.os_boot(vm_id)}</os>"]
         if self.kvm:
             out.append("\t" + KVM_CPU)
         iothreads = tpl.findtext("FEATURES/IOTHREADS", "")
@@ -282,7 +311,15 @@ class Frontend:
         self._set(vm_id, "LCM_STATE", 0)
 
     def resume(self, vm_id: int) -> str:
-        """Resume from POWEROFF: DEPLOY again with the disks in place."""
+        """``onevm resume``: from POWEROFF, DEPLOY again with the disks in place; from
+        SUSPENDED, RESTORE (``restore``); from STOPPED, ``resume_stopped``. Returns DEPLOY_ID."""
+        state = self.vm(vm_id).findtext("STATE")
+        if state == str(VM_SUSPENDED):
+            self.restore(vm_id)
+            return self.deploy_id(vm_id)
+        if state == str(VM_STOPPED):
+            self.resume_stopped(vm_id)
+            return self.deploy_id(vm_id)
         return self.deploy(vm_id, prolog=False)
 
     def terminate(self, vm_id: int) -> Path:
@@ -335,3 +372,316 @@ class Frontend:
         for snap in tpl.findall(f"SNAPSHOT[SNAPSHOT_ID='{snap_id}']"):
             tpl.remove(snap)
         return out
+
+    # ==============================================================================================
+    # Storage lifecycle (tests/test_lifecycle_storage.py): image import/delete through the DS
+    # driver, SAVE/RESTORE (suspend, stop) through the checkpoint overrides, disk-saveas, backup.
+    # ==============================================================================================
+
+    @staticmethod
+    def local_script(key: str) -> str:
+        """The script oned.conf's kvm VM_MAD ``-l`` list names for ``key`` as ``one-tweaks install``
+        writes it (``save`` -> ``save-tweaks``); the seed aliases (``tmsave``, ...) are passed
+        as ``script=`` instead."""
+        return {k: script for k, _, script in VMM_OVERRIDES}[key]
+
+    def run_ds(self, action: str, image: etree._Element, obj_id: int, ds_id: int) -> str:
+        """``datastore/<DS_MAD>/<action> <id>`` as one_datastore.rb runs it since 6.8 (6.10 and
+        7.x alike): the base64 ``<DS_DRIVER_ACTION_DATA>`` (IMAGE, DATASTORE) on stdin, no newline."""
+        ds_mad = self.cloud.oned.datastore(ds_id).findtext("DS_MAD", "")
+        payload = etree.tostring(self.cloud.ds_message(image, ds_id))
+        proc = subprocess.run([sys.executable, str(self.repo / "datastore" / ds_mad / action), str(obj_id)],
+                              input=base64.b64encode(payload), capture_output=True, env=self.cloud.env,
+                              cwd=self.cloud.home, timeout=300, check=False)
+        return _ok(proc, f"datastore/{ds_mad}/{action} {obj_id}")
+
+    def _image_field(self, image_id: int, tag: str, value: object) -> None:
+        el = self.cloud.oned.image(image_id).find(tag)
+        assert el is not None, tag
+        el.text = str(value)
+
+    def image_import(self, image_id: int, path: str | Path, *, ds_id: int = 100, name: str | None = None,
+                     persistent: bool = False) -> str:
+        """``oneimage create --path``: oned's DS ``stat`` (the IMAGE holds only PATH and SIZE;
+        the id is a request id, here the image id) for the size, the image registered LOCKED,
+        DS ``cp`` (stdout ``SOURCE FORMAT``), then READY with that SOURCE, FORMAT and SIZE.
+        Returns the SOURCE."""
+        stat = etree.Element("IMAGE")
+        etree.SubElement(stat, "PATH").text = str(path)
+        etree.SubElement(stat, "SIZE").text = ""
+        size_mb = int(self.run_ds("stat", stat, image_id, ds_id).strip())
+        self.cloud.make_image(image_id, size_mb=size_mb, source="", state=oned_sim.IMAGE_LOCKED, ds_id=ds_id,
+                              name=name or Path(path).name, persistent=persistent)
+        self._image_field(image_id, "PATH", path)
+        source, fmt = self.run_ds("cp", self.cloud.oned.served("image", image_id), image_id, ds_id).split()
+        for tag, value in (("SOURCE", source), ("FORMAT", fmt), ("STATE", oned_sim.IMAGE_READY)):
+            self._image_field(image_id, tag, value)
+        return source
+
+    def image_delete(self, image_id: int) -> None:
+        """``oneimage delete``: oned refuses an image that VMs still use (IMAGE/VMS, which
+        counts every VM not DONE; a VM's trash is the driver's business, not oned's), raising
+        ``Refused`` without calling anything; else DS ``rm`` and the image is gone from oned."""
+        served = self.cloud.oned.served("image", image_id)
+        users = [el.text for el in served.iterfind("VMS/ID")]
+        if users:
+            raise Refused(f"image {image_id} is in use by VMs {', '.join(str(u) for u in users)}")
+        ds_id = int(served.findtext("DATASTORE_ID", "0"))
+        self.run_ds("rm", served, image_id, ds_id)
+        self.cloud.oned.remove_image(image_id)
+
+    # --- SAVE / RESTORE (suspend, stop) ---------------------------------------------------------
+
+    def checkpoint_file(self, vm_id: int) -> str:
+        """``<system_dir>/checkpoint`` on the VM's current host (History.cc)."""
+        return f"{self.system_dir(vm_id)}/checkpoint"
+
+    def _checkpoint_message(self, vm_id: int, tm_command: str = "") -> bytes:
+        """VMM_DRIVER_ACTION_DATA of SAVE/RESTORE (vmm-save.xml's fields and order)."""
+        return self.message(vm_id, LOCAL_DEPLOYMENT_FILE="", REMOTE_DEPLOYMENT_FILE="",
+                            CHECKPOINT_FILE=self.checkpoint_file(vm_id), TM_COMMAND=tm_command,
+                            TM_COMMAND_ROLLBACK="", DISK_TARGET_PATH="")
+
+    def save(self, vm_id: int, *, script: str | None = None, lcm_state: int = LCM_SAVE_SUSPEND) -> str:
+        """SAVE: the local override (default ``save-tweaks``; ``script="tmsave"`` for the seed
+        alias) with ``<deploy_id> <checkpoint_file> <host> <vmid> <host>`` and the base64
+        driver message; the VM document says LCM ``lcm_state`` meanwhile."""
+        self._set(vm_id, "LCM_STATE", lcm_state)
+        host = self.host(vm_id)
+        return self.vmm(script or self.local_script("save"), self.deploy_id(vm_id), self.checkpoint_file(vm_id),
+                        host, str(vm_id), host, stdin=self._checkpoint_message(vm_id))
+
+    def restore(self, vm_id: int, *, script: str | None = None, lcm_state: int = LCM_BOOT_SUSPENDED) -> str:
+        """RESTORE: the context line (TM_COMMAND), then the local override (default
+        ``restore-tweaks``) with ``<checkpoint_file> <host> <deploy_id> <vmid> <host>`` and the
+        message carrying that TM_COMMAND; RUNNING afterwards (DEPLOY_ID unchanged)."""
+        self._set(vm_id, "LCM_STATE", lcm_state)
+        ctx = self.context_line(vm_id)
+        if ctx is not None:
+            self.run_line(ctx)
+        host = self.host(vm_id)
+        out = self.vmm(script or self.local_script("restore"), self.checkpoint_file(vm_id), host,
+                       self.deploy_id(vm_id), str(vm_id), host,
+                       stdin=self._checkpoint_message(vm_id, f"{ctx}\n" if ctx else ""))
+        self._set(vm_id, "STATE", oned_sim.VM_ACTIVE)
+        self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
+        return out
+
+    def suspend(self, vm_id: int, *, script: str | None = None) -> None:
+        """``onevm suspend``: SAVE (LCM SAVE_SUSPEND), then SUSPENDED; disks stay on the host."""
+        self.save(vm_id, script=script, lcm_state=LCM_SAVE_SUSPEND)
+        self._set(vm_id, "STATE", VM_SUSPENDED)
+        self._set(vm_id, "LCM_STATE", 0)
+
+    def move_lines(self, vm_id: int, src: str, dst: str) -> list[str]:
+        """The MV lines of epilog_stop / prolog_resume (TransferManager.cc): one per disk (a
+        volatile disk with the system TM_MAD and datastore), then the VM directory."""
+        vid, sysds, tm_sys = str(vm_id), self.system_ds(vm_id), self.tm_system(vm_id)
+
+        def at(host: str, disk: str | None = None) -> str:
+            return self.cloud.tm_path(host, vm_id, None if disk is None else int(disk), ds_id=sysds)  # type: ignore[no-any-return]
+
+        lines = []
+        for disk in self.vm(vm_id).iterfind("TEMPLATE/DISK"):
+            disk_id = disk.findtext("DISK_ID", "")
+            if disk.findtext("TYPE", "").lower() in ("fs", "swap"):
+                tm, ds = tm_sys, str(sysds)
+            else:
+                tm, ds = disk.findtext("TM_MAD", ""), disk.findtext("DATASTORE_ID", "")
+            lines.append(shlex.join(["MV", tm, at(src, disk_id), at(dst, disk_id), vid, ds]))
+        lines.append(shlex.join(["MV", tm_sys, at(src), at(dst), vid, str(sysds)]))
+        return lines
+
+    def stop(self, vm_id: int, *, script: str | None = None) -> Path:
+        """``onevm stop``: SAVE (LCM SAVE_STOP), then EPILOG_STOP: ``transfer.<seq>.stop`` with
+        the MV lines host -> front-end; STOPPED. Returns the transfer file."""
+        self.save(vm_id, script=script, lcm_state=LCM_SAVE_STOP)
+        self._set(vm_id, "LCM_STATE", LCM_EPILOG_STOP)
+        path = self.transfer(vm_id, "stop", self.move_lines(vm_id, self.host(vm_id), self.hostname))
+        self._set(vm_id, "STATE", VM_STOPPED)
+        self._set(vm_id, "LCM_STATE", 0)
+        return path
+
+    def resume_stopped(self, vm_id: int, *, host: str | None = None, script: str | None = None) -> Path:
+        """``onevm resume`` of a STOPPED VM: a new history record (on ``host``, default the
+        last one), PROLOG_RESUME: ``transfer.<seq>.resume`` with the MV lines front-end ->
+        host, then RESTORE (LCM BOOT_STOPPED). Returns the transfer file."""
+        self.add_history(vm_id, host or self.host(vm_id))
+        self._set(vm_id, "STATE", oned_sim.VM_ACTIVE)
+        self._set(vm_id, "LCM_STATE", LCM_PROLOG_RESUME)
+        path = self.transfer(vm_id, "resume", self.move_lines(vm_id, self.hostname, self.host(vm_id)))
+        self.restore(vm_id, script=script, lcm_state=LCM_BOOT_STOPPED)
+        return path
+
+    # --- disk-saveas, backup ---------------------------------------------------------------------
+
+    def disk_saveas(self, vm_id: int, disk_id: int, image_id: int, *, snap_id: int = -1,
+                    name: str | None = None) -> str:
+        """``onevm disk-saveas``: the new image registered LOCKED in the disk's datastore with
+        the disk's SIZE, DS ``mkfs`` with FORMAT=save_as (stdout: the SOURCE), then
+        ``transfer.<seq>.disk_saveas`` with ``CPDS <tm> host:.../disk.N <SOURCE> <snap_id>
+        <vmid> <dsid>`` (LCM HOTPLUG_SAVEAS* meanwhile); READY (FORMAT raw). Returns the SOURCE."""
+        disk = self.vm(vm_id).find(f"TEMPLATE/DISK[DISK_ID='{disk_id}']")
+        assert disk is not None, f"VM {vm_id} has no disk {disk_id}"
+        ds_id = int(disk.findtext("DATASTORE_ID", "0"))
+        self.cloud.make_image(image_id, size_mb=int(disk.findtext("SIZE", "0")), source="", ds_id=ds_id,
+                              state=oned_sim.IMAGE_LOCKED, fmt="save_as", name=name or f"saveas-{vm_id}-{disk_id}",
+                              template={"SAVED_VM_ID": vm_id, "SAVED_DISK_ID": disk_id,
+                                        "SAVED_IMAGE_ID": disk.findtext("IMAGE_ID", "-1")})
+        source = self.run_ds("mkfs", self.cloud.oned.served("image", image_id), image_id, ds_id).strip()
+        self._image_field(image_id, "SOURCE", source)
+        state, lcm = self.vm(vm_id).findtext("STATE"), self.vm(vm_id).findtext("LCM_STATE", "0")
+        self._set(vm_id, "LCM_STATE", {str(VM_POWEROFF): 27, str(VM_SUSPENDED): 28}.get(state or "", 26))
+        try:
+            self.transfer(vm_id, "disk_saveas", [shlex.join(["CPDS", disk.findtext("TM_MAD", ""),
+                                                             self._path(vm_id, disk_id), source, str(snap_id),
+                                                             str(vm_id), str(ds_id)])])
+        finally:
+            self._set(vm_id, "LCM_STATE", lcm)
+        for tag, value in (("FORMAT", "raw"), ("STATE", oned_sim.IMAGE_READY)):
+            self._image_field(image_id, tag, value)
+        return source
+
+    def backup_disks(self, vm_id: int) -> list[str]:
+        """The disks oned backs up: every DISK but volatile ones (BACKUP_VOLATILE=NO, the
+        default); never the context CD-ROM."""
+        return [d.findtext("DISK_ID", "") for d in self.vm(vm_id).iterfind("TEMPLATE/DISK")
+                if d.findtext("TYPE", "").lower() not in ("fs", "swap")]
+
+    def backup(self, vm_id: int, into: Path, *, job: str = "-") -> Path:
+        """``onevm backup``: the VMM BACKUP action's TM steps (one_vmm_exec.rb): TM_COMMAND
+        ``BACKUP <tm> host:system_dir <disk ids> <deploy_id> <bjid|-> <vmid> <sys ds>`` run as
+        ``prebackup_live`` (RUNNING, LCM BACKUP) or ``prebackup`` (POWEROFF, LCM
+        BACKUP_POWEROFF) with the plain ``<VM>`` on stdin (6.10 and 7.2 alike), then the backup
+        datastore's ``backup`` action, then ``postbackup[_live]``. The backup datastore is a
+        stand-in (no OpenNebula backup driver here): like rsync's ``backup`` it fetches
+        ``system_dir/backup/*`` from the host (tar over the real ssh hop) into ``into``/<n>.
+        Returns that directory."""
+        running = self.vm(vm_id).findtext("STATE") == str(oned_sim.VM_ACTIVE)
+        suffix, lcm = ("_live", LCM_BACKUP) if running else ("", LCM_BACKUP_POWEROFF)
+        before = self.vm(vm_id).findtext("LCM_STATE", "0")
+        self._set(vm_id, "LCM_STATE", lcm)
+        host, tm = self.host(vm_id), self.tm_system(vm_id)
+        argv = [self._path(vm_id), ":".join(self.backup_disks(vm_id)), self.deploy_id(vm_id), job, str(vm_id),
+                str(self.system_ds(vm_id))]
+        target = into / str(len(list(into.glob("*"))) if into.exists() else 0)
+        try:
+            self.run_tm_stdin(tm, f"prebackup{suffix}", argv,
+                              etree.tostring(self.cloud.oned.served("vm", vm_id)))
+            target.mkdir(parents=True)
+            tar = self.cloud.ssh(host, "tar", "-C", f"{self.system_dir(vm_id)}/backup", "-cf", "-", ".",
+                                 timeout=300)
+            if tar.returncode != 0:
+                raise DriverFailed(f"backup datastore stand-in: tar on {host}: {tar.stderr.decode(errors='replace')}")
+            subprocess.run(["tar", "-C", str(target), "-xf", "-"], input=tar.stdout, check=True, timeout=300)
+            self.run_tm_stdin(tm, f"postbackup{suffix}", argv,
+                              etree.tostring(self.cloud.oned.served("vm", vm_id)))
+        finally:
+            self._set(vm_id, "LCM_STATE", before)
+        return target
+
+
+    # ==============================================================================================
+    # Live machinery (tests/test_lifecycle_live.py): direct kernel boot in the rendered <os>, and
+    # live migration with oned's history records. Keep other additions above this section.
+    # ==============================================================================================
+
+    def os_boot(self, vm_id: int) -> str:
+        """The ``<os>`` children LibVirtDriverKVM.cc writes for OS/KERNEL (then OS/INITRD and
+        OS/KERNEL_CMD, only with a kernel): direct kernel boot from paths on the host."""
+        os_el = self.vm(vm_id).find("TEMPLATE/OS")
+        kernel = os_el.findtext("KERNEL", "") if os_el is not None else ""
+        if os_el is None or not kernel:
+            return ""
+        out = f"<kernel>{escape(kernel)}</kernel>"
+        initrd, cmdline = os_el.findtext("INITRD", ""), os_el.findtext("KERNEL_CMD", "")
+        if initrd:
+            out += f"<initrd>{escape(initrd)}</initrd>"
+        if cmdline:
+            out += f"<cmdline>{escape(cmdline)}</cmdline>"
+        return out
+
+    def add_history(self, vm_id: int, host: str) -> etree._Element:
+        """oned's new history record (VirtualMachine::add_history, cp_previous_history): the
+        last record copied with SEQ + 1 on ``host``; the previous one gets its end time."""
+        records = self.vm(vm_id).find("HISTORY_RECORDS")
+        assert records is not None and len(records.findall("HISTORY")), f"VM {vm_id} has no history"
+        last = records.findall("HISTORY")[-1]
+        now = str(int(time.time()))
+        last_etime = last.find("ETIME")
+        if last_etime is not None:
+            last_etime.text = now
+        new = copy.deepcopy(last)
+        host_id = self.cloud.hosts[host].host_id
+        hid = -1 if host_id is None else host_id
+        for tag, value in (("SEQ", self.seq(vm_id) + 1), ("HOSTNAME", host), ("HID", hid), ("STIME", now),
+                           ("ETIME", 0), ("PSTIME", 0), ("PETIME", 0), ("RSTIME", now), ("RETIME", 0),
+                           ("ESTIME", 0), ("EETIME", 0)):
+            el = new.find(tag)
+            if el is not None:
+                el.text = str(value)
+        records.append(new)
+        return new
+
+    def tm_system(self, vm_id: int) -> str:
+        return self.vm(vm_id).findtext("HISTORY_RECORDS/HISTORY[last()]/TM_MAD", "")
+
+    def run_tm_stdin(self, tm_mad: str, action: str, argv: list[str], stdin: bytes) -> str:
+        """A TM action one_vmm_exec.rb runs itself (not from a transfer file), with its stdin."""
+        proc = subprocess.run([sys.executable, str(self.repo / "tm" / tm_mad / action), *argv], input=stdin,
+                              capture_output=True, env=self.cloud.env, cwd=self.cloud.home, timeout=300, check=False)
+        return _ok(proc, f"tm/{tm_mad}/{action} {shlex.join(argv)}")
+
+    def migrate(self, vm_id: int, dst: str) -> None:
+        """MIGRATE --live as oned runs it: a new history record for ``dst`` (LCM MIGRATE), tm
+        ``premigrate <src> <dst> <system dir> <vmid> <sys ds>`` (stdin: base64 ``<VM>``), the
+        ``migrate-tweaks <deploy_id> <dst> <src> <vmid> <src>`` override (HOST = source,
+        MIGR_HOST = destination, DISK_TARGET_PATH, TM_COMMAND in the message), tm
+        ``postmigrate``; RUNNING on ``dst``. A failed migrate runs tm ``failmigrate`` and a
+        failed premigrate nothing more; either way the VM gets a record for the source again
+        (oned's migrate failure: cp_previous_history) and keeps RUNNING there, and the failure
+        is raised (DriverFailed). Unlike oned, which ignores a failed postmigrate, this raises."""
+        src = self.host(vm_id)
+        if dst == src:
+            raise ValueError(f"VM {vm_id} is on {src} already")
+        tm_mad, sysds, vid = self.tm_system(vm_id), str(self.system_ds(vm_id)), str(vm_id)
+        self.add_history(vm_id, dst)
+        self._set(vm_id, "LCM_STATE", 4)  # MIGRATE
+        dst_dir = self.system_dir(vm_id)
+        argv = [src, dst, dst_dir, vid, sysds]
+        doc = base64.b64encode(etree.tostring(self.cloud.oned.served("vm", vm_id)))
+        try:
+            self.run_tm_stdin(tm_mad, "premigrate", argv, doc)
+        except DriverFailed:
+            self.add_history(vm_id, src)
+            self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
+            raise
+        message = self.message(vm_id, HOST=src, MIGR_HOST=dst, DISK_TARGET_PATH=dst_dir,
+                               TM_COMMAND=shlex.join(["MIGRATE", tm_mad, *argv]) + "\n")
+        try:
+            self.vmm("migrate-tweaks", self.deploy_id(vm_id), dst, src, vid, src, stdin=message)
+        except DriverFailed:
+            self.run_tm_stdin(tm_mad, "failmigrate", argv, doc)
+            self.add_history(vm_id, src)
+            self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
+            raise
+        self.run_tm_stdin(tm_mad, "postmigrate", argv, doc)
+        self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
+
+    def resize_disk(self, vm_id: int, disk_id: int, size_mb: int) -> str:
+        """RESIZEDISK: DISK/SIZE set, the TM ``RESIZE`` line, then (RUNNING only) the VMM step
+        ``resize_disk <deploy_id> <disk_id> <size> <b64 message> <host> <vmid> <host>`` through
+        the ``resize_disk-tweaks`` override (the message also on stdin)."""
+        disk = self.vm(vm_id).find(f"TEMPLATE/DISK[DISK_ID='{disk_id}']")
+        assert disk is not None, f"VM {vm_id} has no disk {disk_id}"
+        size = disk.find("SIZE")
+        assert size is not None
+        size.text = etree.CDATA(str(size_mb))
+        self.run_line(shlex.join(["RESIZE", disk.findtext("TM_MAD", ""), self._path(vm_id, disk_id), str(size_mb),
+                                  str(vm_id), disk.findtext("DATASTORE_ID", "")]))
+        if self.vm(vm_id).findtext("LCM_STATE") != str(oned_sim.LCM_RUNNING):
+            return ""
+        message = self.message(vm_id)
+        host = self.host(vm_id)
+        return self.vmm("resize_disk-tweaks", self.deploy_id(vm_id), str(disk_id), str(size_mb),
+                        base64.b64encode(message).decode(), host, str(vm_id), host, stdin=message)

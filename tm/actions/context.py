@@ -6,9 +6,13 @@ written into the volume through the host it is attached to, and linked as ``disk
 oned runs this again for restore, NIC hot-plug and updateconf: the same volume is
 rewritten (grown first if the ISO outgrew it).
 
-UEFI VMs whose NVRAM lives on a volume (``T_OS_NVRAM=storpool...``, the os_nvram tweak)
-also get ``<px>-sys-<VM>-NVRAM`` here, once: 1 MiB with the firmware's VARS template at
-its end (how OVMF finds it on a larger device); an existing NVRAM is never overwritten.
+UEFI VMs whose NVRAM lives on a volume (``T_OS_NVRAM=storpool...``, the os_nvram tweak's
+word for "the storage driver's NVRAM volume", whichever driver keeps the system datastore)
+also get the driver's NVRAM volume here, once (``<px>-sys-<VM>-NVRAM`` on storpool,
+``<px>-vm-<VM>-nvram`` on linstor_un, attached on the host as
+``<device dir>/<px>-vm-<VM>-nvram/0``, by default under ``/dev/drbd/by-res``): 1 MiB with
+the firmware's VARS template at its end (how OVMF finds it on a larger device); an existing
+NVRAM is never overwritten. The os_nvram rule's ``device`` template must name that path.
 It is deleted with the VM (TM delete of the VM directory).
 """
 
@@ -87,7 +91,8 @@ def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) 
         created = False
         try:
             drv.backend.create(name, size, placement=drv.placement(ds_id),
-                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_CONTEXT, disk_id=dst.disk_id))
+                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_CONTEXT, disk_id=dst.disk_id,
+                                         ds_id=ds_id))
             created = True
         except Conflict:
             found = drv.backend.get(name)
@@ -117,7 +122,7 @@ def ensure_nvram(drv: Driver, dst: DiskPath, vm: etree._Element, vm_id: int, ds_
         volume_size = NVRAM_SIZE
         try:
             drv.backend.create(name, NVRAM_SIZE, placement=drv.placement(ds_id),
-                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM))
+                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM, ds_id=ds_id))
             created = True
         except Conflict:
             found = drv.backend.get(name)

@@ -1,9 +1,11 @@
 """MVDS ``host:.../disk.N SOURCE vmid img_dsid``: a persistent disk goes back to its image
 datastore (terminate, detach). The volume stays; it is detached from the host and
-``disk.N`` unlinked. Backend calls: detach (1)."""
+``disk.N`` unlinked. Backend calls: detach (1); linstor_un: + get and the image's
+VM_ID/DS_ID/DISK_ID properties cleared (2), as addon-linstor_un does."""
 
 from __future__ import annotations
 
+from datastore.naming import release_tags
 from onelib.errors import DriverError
 
 from ..common import disk_path, driver_for, ds_id_arg, fetch_vm, unlink, vm_disk, vm_id_arg
@@ -23,3 +25,8 @@ def run(req: TmRequest) -> None:
     with drv.lock(name):
         unlink(drv.shell(src.host), src.path)
         drv.backend.detach(name, drv.host(src.host))
+        gone = release_tags(drv.names)
+        if gone:  # addon-linstor_un: the image no longer names this VM (another VM's mark stays)
+            found = drv.backend.get(name)
+            if found is not None and found.tags.get("nvm") == str(vm_id):
+                drv.backend.set_tags(name, gone)

@@ -50,7 +50,7 @@ def run(req: VmmRequest) -> str:
         ts = int(time.time())
         while any(key[1] == ts for key in groups):
             ts += 1
-        items = [(v.name, f"{v.name}-ONESNAP-{snap_id}-{ts}",
+        items = [(v.name, drv.names.vm_snapshot(v.name, snap_id, ts),
                   {"diskid": str(v.disk_id)} if v.disk_id is not None else {"type": "NVRAM"})
                  for v in volumes]
         frozen = _freeze(ctx) if ctx.wants_freeze() else False
@@ -70,6 +70,7 @@ def run(req: VmmRequest) -> str:
                     drv.backend.delete(name, snapshot=True)
                 raise DriverError(f"VM {ctx.vm_id} snapshot {snap_id} not taken: {error}")
             log.info(f"VM {ctx.vm_id}: group snapshot reply lost ({error}); its snapshots exist")
+            vmsnap.retag(drv.backend, items, vmsnap.snapshot_tags(ctx, snap_id))
     return vmsnap.hypervisor_id(snap_id, ts)
 
 
