@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -56,12 +57,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def restored_source(px: str) -> str:
+    """The volume name (and SOURCE) of an image ``trash restore`` registers."""
+    return f"{px}-img-restored-{int(time.time())}"
+
+
+def is_restored(px: str, volume: str) -> bool:
+    """``volume`` has the name ``trash restore`` gives an image's volume: never the name of
+    another image's volume (those are ``<px>-img-<ID>``), so DS rm may take it from SOURCE."""
+    return re.fullmatch(re.escape(px) + r"-img-restored-[0-9]{1,12}", volume) is not None
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     drv = _driver(args.datastore, args.driver)
     snap = drv.backend.get(args.snapshot)
     if snap is None or not snap.snapshot or not snap.tags.get("trash"):
         raise DriverError(f"{args.snapshot} is not a deleted disk waiting in the trash (see: one-tweaks trash list)")
-    source = f"{drv.names.px}-img-restored-{int(time.time())}"
+    source = restored_source(drv.names.px)
     name = args.name or f"restored {snap.tags['trash']}"
     template = (f'NAME="{_quote(name)}"\nSOURCE="{source}"\nSIZE="{max(snap.size // MIB, 1)}"\n'
                 f'FORMAT="raw"\nTYPE="DATABLOCK"\nPERSISTENT="NO"\n'

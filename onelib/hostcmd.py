@@ -33,7 +33,8 @@ class Host:
         return [*self.ssh, "-o", "BatchMode=yes", self.name, "--", shlex.join(argv)]
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
-            timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+            timeout: float | None = None, what: str | None = None) -> subprocess.CompletedProcess[bytes]:
+        """``what`` names the command in a failure's reason (default: its first words)."""
         cmd = self.command(argv)
         where = self.name or "localhost"
         try:
@@ -45,7 +46,7 @@ class Host:
         if check and proc.returncode != 0:
             if not self.local and proc.returncode == 255:
                 raise Transient(f"{self.name}: ssh failed: {_last_line(proc.stderr)}")
-            raise DriverError(f"{where}: {' '.join(argv[:2])} failed: {_last_line(proc.stderr)}")
+            raise DriverError(f"{where}: {what or ' '.join(argv[:2])} failed: {_last_line(proc.stderr)}")
         return proc
 
     def output(self, argv: Sequence[str], **kwargs: object) -> str:

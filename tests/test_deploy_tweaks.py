@@ -67,8 +67,10 @@ def run_deploy(cloud: Cloud, domain: bytes, vm_id: int = 42, host: str = "node1"
 def test_deploy_applies_rules_and_deploys_through_the_host(cloud: Cloud) -> None:
     install_standin(cloud, create=False)
     cloud.make_vm(42, user={"T_IOTHREADS_OVERRIDE": "3", "T_VIDEO_MODEL": "type=qxl heads=99"})
+    before = len(cloud.ssh_commands())
     proc, local = run_deploy(cloud, (ONE / "deployment.0.xml").read_bytes())
     assert proc.returncode == 0, proc.stderr.decode()
+    assert len(cloud.ssh_commands()) - before == 1, "directory, vm.xml, ds.xml and deploy: one ssh round trip"
     assert proc.stdout.decode() == FAKE_UUID + "\n"
     remote_dir = cloud.vm_dir("node1", 42)
     deployed = etree.parse(str(remote_dir / "deployment.0")).getroot()
@@ -83,6 +85,17 @@ def test_deploy_applies_rules_and_deploys_through_the_host(cloud: Cloud) -> None
         "INFO: 42 deploy-tweaks: VM 42: rule video: USER_TEMPLATE/T_VIDEO_MODEL='type=qxl heads=99': "
         "heads: out of range 1..16; rule skipped"]
     assert any(host == "node1" and "/vmm/kvm/deploy" in cmd for host, cmd in cloud.ssh_commands())
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["deployment.0", "ds.xml", "vm.xml"], "nothing staged left"
+
+
+def test_a_failing_remote_deploy_is_one_line_and_leaves_no_staged_file(cloud: Cloud) -> None:
+    script = install_standin(cloud, create=False)
+    script.write_text("#!/bin/bash\necho 'error: Failed to create domain from /x' >&2\nexit 3\n")
+    cloud.make_vm(42)
+    proc, _ = run_deploy(cloud, (ONE / "deployment.0.xml").read_bytes())
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == ["node1: deploy failed: error: Failed to create domain from /x"]
+    assert [p.name for p in cloud.vm_dir("node1", 42).iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_broken_rule_file_never_blocks_the_deploy(cloud: Cloud) -> None:

@@ -3,16 +3,7 @@ oned runs them, against the LINSTOR controller simulator (tests/sim/linstor.py; 
 one sparse file per volume, one loop device that every node holding the resource sees through
 its own ``by-res`` link).
 
-The world (``lcloud``, tests/linstor_env.py): storage nodes stor1 and stor2 (LVM-thin pool ``thin``) that are no
-OpenNebula hosts; compute nodes node1 and node2 and the front-end one-fe, LINSTOR satellites
-without any storage pool (diskless only), each with its own ``by-res`` directory. node1,
-node2 and one-fe are reached through the real test sshd (tests/storage_env.py), oned is the
-XML-RPC test double (tests/sim/oned.py). Datastores, with addon-linstor_un's attributes:
-
-- 100 (image): DS_MAD/TM_MAD linstor_un, AUTO_PLACE 2, STORAGE_POOL thin, BRIDGE_LIST node1;
-- 101 (system): TM_MAD linstor_un, NODE_LIST "stor1 stor2", STORAGE_POOL thin,
-  CHECKPOINT_AUTO_PLACE 1, BRIDGE_LIST "node1 node2".
-
+The world (``lcloud``: nodes, pools, datastores) is described in tests/linstor_env.py.
 Data is checked by checksum through the devices the actions link.
 """
 

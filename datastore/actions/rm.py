@@ -2,7 +2,8 @@
 to it (disk snapshots ``<vol>-snapN``, an interrupted export's ``<vol>-export-N``, and,
 unless VMSNAPSHOT_DELETE_ON_TERMINATE=0, VM snapshots ``<vol>-ONESNAP-N-T``) and a staging
 volume a crashed import left. The volume is addon-storpool's ``<PX>-img-<ID>`` (never taken
-from SOURCE, which could name another image's volume). Anything already gone is fine.
+from SOURCE, which could name another image's volume; restored images below). Anything
+already gone is fine.
 
 REMOTE_BACKUP_DELETE (datastore attribute, else the configuration), addon-storpool's
 "send a copy to another cluster before deleting"::
@@ -18,6 +19,9 @@ and renamed ``<vol>-<unix time>``, and rm fails with one line naming it. A backe
 remote backups refuses (nothing changes). A volume that is already gone (a re-run after
 the volume was deleted, or kept under its new name) needs no backup: the rest is cleaned up.
 
+An image ``one-tweaks trash restore`` registered has the volume its SOURCE names,
+``<PX>-img-restored-<time>`` (a name no other image's volume has): rm takes that one.
+
 API calls: 1 (SnapshotsList) + 2 (image: detach, delete) + 1 (staging: absent) + 2 per snapshot;
 with REMOTE_BACKUP_DELETE 1 more (VolumeBackup), or, when it fails, 1 (look the volume up)
 + 2 (tag, rename) and nothing deleted.
@@ -29,12 +33,13 @@ import re
 import time
 from collections.abc import Mapping
 
-from onelib import log
+from onelib import log, xmldoc
 from onelib.errors import DriverError
 
 from ..backend import Backend
 from ..entry import DsRequest
 from ..imageds import DsAction
+from ..trash import is_restored
 
 _LOCATION = re.compile(r"[A-Za-z0-9_.:-]{1,63}")
 _TAG = re.compile(r"([A-Za-z0-9_.:-]{1,63})=([A-Za-z0-9_.:-]{1,63})")
@@ -85,6 +90,9 @@ def run(request: DsRequest) -> str:
     act = DsAction(request)
     image_id = act.image_id()
     final = act.names.image(image_id)
+    source = xmldoc.text(act.image, "SOURCE")
+    if source and is_restored(act.names.px, act.names.source_volume(source)):
+        final = act.names.source_volume(source)  # an image `one-tweaks trash restore` registered
     staging = act.staging_name(image_id)
     setting = act.setting("REMOTE_BACKUP_DELETE")
     location, backup_tags = remote_backup_setting(setting) if setting else ("", {})
