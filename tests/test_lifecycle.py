@@ -11,7 +11,6 @@ and the domain stays paused, which is enough for everything checked here.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from livevm import libvirtd, qmp, virsh
 from lxml import etree
+from scenario import links, ok, read_at, write_at
 from sim import oned as oned_sim
 from sim.frontend import Frontend
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
@@ -30,11 +30,6 @@ VM_ID = 7351
 IMAGE, DATABLOCK = 80, 81
 IMAGE_MB, DATABLOCK_MB = 32, 16
 MiB = 2**20
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')}"
-    return proc.stdout.decode()
 
 
 def import_qcow2(cloud: Cloud, image_id: int, path: Path) -> str:
@@ -50,29 +45,9 @@ def import_qcow2(cloud: Cloud, image_id: int, path: Path) -> str:
     return source
 
 
-def links(cloud: Cloud) -> list[str]:
-    out: list[str] = []
-    for host in cloud.hosts:
-        for top in (cloud.ds_location(host), cloud.device_dir(host)):
-            out += [str(p) for p in top.rglob("*") if p.is_symlink()]
-    return out
-
-
 def tweaks(cloud: Cloud, *args: str) -> str:
     return ok(subprocess.run([sys.executable, "-m", "tweaks", *args], capture_output=True, env=cloud.env,
                              cwd=cloud.home, timeout=120, check=False))
-
-
-def read_at(path: Path, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(length)
-
-
-def write_at(path: Path, data: bytes) -> None:
-    with open(path, "r+b") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def test_vm_lifecycle_on_storpool(cloud: Cloud, libvirtd: object, tmp_path: Path) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,23 +25,20 @@ import pytest
 from linstor_env import FE, IMAGE_DS, NVRAM_RULES, SYSTEM_DS, LinstorCloud, by_res, calls, lcloud
 from livevm import dumpxml, libvirtd, qemu_argv, qmp, virsh
 from lxml import etree
+from scenario import NVRAM_SIZE, OVMF_CODE, OVMF_VARS, links, nvram_store, ok, read_at, wait_nvram, write_at
+from scenario import dev_link as device_link
 from sim import oned as oned_sim
 from sim.frontend import DriverFailed, Frontend
 from storage_env import sshd
-from test_live_firmware_cpu import boot_count, boot_entries, vars_store
+from test_live_firmware_cpu import boot_count, boot_entries
 
 FIXTURES = (lcloud, sshd, libvirtd)
 pytestmark = pytest.mark.libvirtd
 
-VM_ID = 7361                      # domain one-7361: no other test uses it
+VM_ID = 7371                      # domain one-7371: no other test uses it
 IMAGE, DATABLOCK = 82, 83
 IMAGE_MB, DATABLOCK_MB = 32, 16
 STORAGE = {"stor1": False, "stor2": False}
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')}"
-    return proc.stdout.decode()
 
 
 def import_qcow2(cloud: LinstorCloud, image_id: int, path: Path) -> str:
@@ -57,26 +52,6 @@ def import_qcow2(cloud: LinstorCloud, image_id: int, path: Path) -> str:
     img.find("FORMAT").text = fmt  # type: ignore[union-attr]
     img.find("STATE").text = str(oned_sim.IMAGE_READY)  # type: ignore[union-attr]
     return source
-
-
-def links(cloud: LinstorCloud) -> list[str]:
-    out: list[str] = []
-    for host in cloud.hosts:
-        for top in (cloud.ds_location(host), cloud.device_dir(host)):
-            out += [str(p) for p in top.rglob("*") if p.is_symlink()]
-    return out
-
-
-def read_at(path: Path | str, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(length)
-
-
-def write_at(path: Path | str, data: bytes) -> None:
-    with open(path, "r+b") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def vm_snapshots(cloud: LinstorCloud) -> dict[str, list[str]]:
@@ -255,41 +230,13 @@ def test_vm_lifecycle_on_linstor_un(lcloud: LinstorCloud, libvirtd: object, tmp_
 
 # --- UEFI: the NVRAM resource under a real firmware ------------------------------------------------
 
-UEFI_VM = 7362                    # domain one-7362: no other test uses it
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-NVRAM_SIZE = 2**20
+UEFI_VM = 7372                    # domain one-7372: no other test uses it
 
 
 @pytest.fixture
 def dev_link(lcloud: LinstorCloud) -> Iterator[Path]:
-    """/dev/one-tweaks-lin-XXXX -> node1's by-res directory: the os-nvram rule's device
-    template must be below /dev (on a real host it is /dev/drbd/by-res itself)."""
-    link = Path(f"/dev/one-tweaks-lin-{uuid.uuid4().hex[:8]}")
-    link.symlink_to(lcloud.device_dir("node1"))
-    try:
+    with device_link(lcloud.device_dir("node1"), "lin") as link:
         yield link
-    finally:
-        link.unlink()
-
-
-def nvram_store(data: bytes) -> dict[tuple[str, str], bytes]:
-    return vars_store(data[len(data) - OVMF_VARS.stat().st_size:])
-
-
-def wait_nvram(path: Path, count: int, timeout: float = 120, quiet: float = 3) -> bytes:
-    """The NVRAM once the firmware counted boot ``count`` and stopped writing for ``quiet`` s."""
-    deadline = time.monotonic() + timeout
-    last, since, reached = b"", time.monotonic(), False
-    while time.monotonic() < deadline:
-        data = read_at(path, NVRAM_SIZE)
-        if data != last:
-            last, since = data, time.monotonic()
-        reached = reached or boot_count(nvram_store(data)) == count
-        if reached and time.monotonic() - since >= quiet:
-            return data
-        time.sleep(0.5)
-    raise AssertionError(f"the firmware did not count boot {count} within {timeout:.0f} s")
 
 
 def test_uefi_nvram_resource_holds_the_firmware_variables(lcloud: LinstorCloud, libvirtd: object,
@@ -331,7 +278,7 @@ def test_uefi_nvram_resource_holds_the_firmware_variables(lcloud: LinstorCloud, 
         assert any(f"{dev_link}/{res}/0" in arg for arg in qemu_argv(name)), "qemu opened the resource's device"
 
         virsh("resume", name)
-        first = wait_nvram(nvram, 1)
+        first = wait_nvram(nvram, lambda s: boot_count(s) == 1, "count its first boot")
         assert first != fresh and boot_entries(nvram_store(first)), "the firmware wrote its boot entries"
 
         fe.poweroff(vm_id)
@@ -339,7 +286,7 @@ def test_uefi_nvram_resource_holds_the_firmware_variables(lcloud: LinstorCloud, 
         fe.resume(vm_id)  # context again: the NVRAM resource exists and is kept as it is
         assert read_at(nvram, NVRAM_SIZE) == off
         virsh("resume", name)
-        wait_nvram(nvram, 2)
+        wait_nvram(nvram, lambda s: boot_count(s) == 2, "count its second boot")
     finally:
         virsh("destroy", name, check=False)
 

@@ -43,7 +43,6 @@ A real guest (``test_real_guest_through_the_frontend``)
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import subprocess
 import time
@@ -55,10 +54,12 @@ import pytest
 from guest import GuestImage, agent, guest_check, guest_image, wait_agent
 from livevm import dumpxml, libvirtd, qemu_argv, virsh
 from lxml import etree
+from scenario import NVRAM_SIZE, OVMF_CODE, OVMF_VARS, links, nvram_store, read_at, wait_nvram, write_at
+from scenario import dev_link as device_link
 from sim.frontend import DriverFailed, Frontend
 from storage_env import IMAGE_DS, REPO, SYSTEM_DS, Cloud, cloud, sshd
 from test_guest_e2e import attached_ro, import_image, lsblk, mq_count, superblock_features
-from test_live_firmware_cpu import boot_count, boot_entries, vars_store
+from test_live_firmware_cpu import boot_count, boot_entries
 from test_vmm_migrate import ONE_NS, SecondHost, hosts, migrate_lines, second_host
 
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts, guest_image)
@@ -66,20 +67,9 @@ pytestmark = pytest.mark.libvirtd
 
 MIGRATE_VM, UEFI_VM, GUEST_VM = 7361, 7362, 7363
 MiB = 2**20
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-NVRAM_SIZE = MiB
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def links(cloud: Cloud) -> list[str]:
-    out: list[str] = []
-    for host in cloud.hosts:
-        for top in (cloud.ds_location(host), cloud.device_dir(host)):
-            out += [str(p) for p in top.rglob("*") if p.is_symlink()]
-    return out
 
 
 def strip_template(vm: etree._Element, *paths: str) -> None:
@@ -109,18 +99,6 @@ def attached_to(cloud: Cloud) -> dict[str, set[int]]:
 def history(cloud: Cloud, vm_id: int) -> list[tuple[str, str]]:
     return [(h.findtext("SEQ", ""), h.findtext("HOSTNAME", ""))
             for h in cloud.oned.vm(vm_id).iterfind("HISTORY_RECORDS/HISTORY")]
-
-
-def read_at(path: Path, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(length)
-
-
-def write_at(path: Path, data: bytes) -> None:
-    with open(path, "r+b") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def assert_nothing_left(cloud: Cloud, vm_id: int, keep: set[str]) -> None:
@@ -213,34 +191,8 @@ def test_live_migration_node1_to_node2(cloud: Cloud, hosts: SecondHost) -> None:
 
 @pytest.fixture
 def dev_link(cloud: Cloud) -> Iterator[Path]:
-    """/dev/one-tweaks-lc-XXXX -> node1's StorPool device directory (the os-nvram rule's device
-    template must be below /dev); removed at the end."""
-    link = Path(f"/dev/one-tweaks-lc-{uuid.uuid4().hex[:8]}")
-    link.symlink_to(cloud.device_dir("node1"))
-    try:
+    with device_link(cloud.device_dir("node1"), "lc") as link:
         yield link
-    finally:
-        link.unlink()
-
-
-def nvram_store(data: bytes) -> dict[tuple[str, str], bytes]:
-    """The variable store of the NVRAM volume: the VARS template's size at its end."""
-    return vars_store(data[len(data) - OVMF_VARS.stat().st_size:])
-
-
-def wait_nvram(path: Path, done: object, what: str, timeout: float = 120, quiet: float = 3) -> bytes:
-    """Poll the volume until ``done(store)`` holds and it has not changed for ``quiet`` s."""
-    deadline = time.monotonic() + timeout
-    last, since, reached = b"", time.monotonic(), False
-    while time.monotonic() < deadline:
-        data = read_at(path, NVRAM_SIZE)
-        if data != last:
-            last, since = data, time.monotonic()
-        reached = reached or bool(done(nvram_store(data)))  # type: ignore[operator]
-        if reached and time.monotonic() - since >= quiet:
-            return data
-        time.sleep(0.5)
-    raise AssertionError(f"the firmware did not {what} within {timeout:.0f} s")
 
 
 def test_uefi_nvram_volume_survives_poweroff_and_resume(cloud: Cloud, libvirtd: object, dev_link: Path,

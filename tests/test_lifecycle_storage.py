@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 from livevm import libvirtd, virsh
 from lxml import etree
+from scenario import links, write_at
 from sim.frontend import Frontend, Refused
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
@@ -84,22 +85,6 @@ def volume_sha(cloud: Cloud, name: str, size_mb: int) -> str:
         return Cloud.sha256(link, size_mb * MiB)
     finally:
         cloud.detach(name, FRONTEND)
-
-
-def write_at(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def links(cloud: Cloud) -> list[str]:
-    out: list[str] = []
-    for host in cloud.hosts:
-        for top in (cloud.ds_location(host), cloud.device_dir(host)):
-            out += [str(p) for p in top.rglob("*") if p.is_symlink()]
-    return out
 
 
 def disk_sources(name: str) -> list[tuple[str, str]]:
@@ -173,8 +158,8 @@ def test_storage_lifecycle(cloud: Cloud, libvirtd: object, tmp_path: Path, versi
         assert len(cloud.sim.calls) == calls and QCOW2 in cloud.oned.images
 
         # -- backup of the running VM ---------------------------------------------------------------
-        write_at(disk0, 5 * MiB, b"written by the guest before the backup")
-        write_at(disk1, VMDK_MB * MiB - 4096, b"\xa5" * 4096)
+        write_at(disk0, b"written by the guest before the backup", 5 * MiB)
+        write_at(disk1, b"\xa5" * 4096, VMDK_MB * MiB - 4096)
         sums = {0: Cloud.sha256(disk0, QCOW2_MB * MiB), 1: Cloud.sha256(disk1, VMDK_MB * MiB)}
         start = len(cloud.ssh_commands())
         taken = fe.backup(vm_id, tmp_path / "backups")
@@ -200,7 +185,7 @@ def test_storage_lifecycle(cloud: Cloud, libvirtd: object, tmp_path: Path, versi
 
         # -- disk snapshot, then disk-saveas of the current state and of the snapshot ------------
         fe.disk_snapshot(vm_id, 0, 0)
-        write_at(disk0, 0, b"changed after the disk snapshot")
+        write_at(disk0, b"changed after the disk snapshot")
         now = Cloud.sha256(disk0, QCOW2_MB * MiB)
         assert fe.disk_saveas(vm_id, 0, SAVED_NOW) == f"one-img-{SAVED_NOW}"
         assert fe.disk_saveas(vm_id, 0, SAVED_SNAP, snap_id=0) == f"one-img-{SAVED_SNAP}"
