@@ -247,7 +247,7 @@ def test_transient_when_oned_does_not_answer(tmp_path: Path) -> None:
     with OnedDouble(auth=ONE_AUTH) as double:
         double.add_datastore(oned_sim.datastore_document(100, "ds"))
         one = Oned(double.url, ONE_AUTH, timeout=0.5)
-        double.fail("one.datastore.info", mode="drop")  # xmlrpc.client resends once on a reset
+        double.fail("one.datastore.info", mode="drop")  # a read is asked once more after a reset
         assert xmldoc.text(one.datastore(100), "ID") == "100"
         assert double.count("one.datastore.info") == 2
         double.fail("one.datastore.info", mode="drop", times=2)

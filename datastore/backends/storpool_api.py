@@ -11,12 +11,12 @@ the same simulator for every call used here, which keeps both honest.
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from onelib import http
 from onelib.config import read_storpool_conf as read_storpool_conf  # re-exported for the drivers
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 
@@ -69,7 +69,7 @@ class Api:
                 if verb == "POST":
                     raise Transient(f"StorPool {call}: no reply within {self.timeout:g}s") from None
                 error = Transient(f"StorPool {call}: no reply within {self.timeout:g}s")
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:
                 if verb == "POST":
                     raise Transient(f"StorPool {call}: connection lost ({exc})") from None
                 error = Transient(f"StorPool {call}: connection lost ({exc})")
@@ -88,16 +88,11 @@ class Api:
 
     def _send(self, verb: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
         self.calls += 1
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            headers = {"Authorization": f"Storpool v1:{self.token}", "Connection": "close"}
-            if payload is not None:
-                headers["Content-Type"] = "application/json"
-            conn.request(verb, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        headers = {"Authorization": f"Storpool v1:{self.token}"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        response = http.request(verb, self.host, self.port, path, body=payload, headers=headers, timeout=self.timeout)
+        return response.status, response.body
 
     @staticmethod
     def _decode(call: str, status: int, raw: bytes) -> Any:

@@ -45,9 +45,9 @@ attrs)`` builds an OpenNebula HOST document. ``vm(id)``, ``image(id)``, ``datast
 ``tests/fixtures/opennebula/``: ``vm_document``, ``image_document``, ``datastore_document``,
 ``host_document``. ``double.calls`` lists ``(method, args)`` of every request (the session
 string left out); ``double.fail(method, ...)`` injects an error reply, a delay, or a dropped
-connection into the next matching calls (a dropped call is not applied; note that Python's
-``xmlrpc.client`` silently resends a request once when the connection is reset, so one drop
-is invisible to onelib's client and two make it fail).
+connection into the next matching calls (a dropped call is not applied; onelib's client asks
+a read (``*.info``) once more when its connection breaks, so one drop of a read is invisible
+to it and two make it fail).
 """
 
 from __future__ import annotations
