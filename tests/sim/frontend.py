@@ -29,16 +29,29 @@ oned double (``cloud.oned``) it does what oned and its drivers do around our scr
   KERNEL_CMD rendered into ``<os>``), live MIGRATE (``migrate``: a new history record,
   tm premigrate/postmigrate/failmigrate around ``migrate-tweaks``) and RESIZEDISK
   (``resize_disk``: the TM RESIZE line, then ``resize_disk-tweaks`` when running).
+
+Where the scripts come from (its own section, ``InstalledFrontend``): by default the
+repository's executables (``REPO/tm/<tm_mad>/<action>``, ``REPO/datastore/<ds_mad>/<action>``,
+``REPO/vmm/kvm/<script>``), run with this interpreter (``sys.executable``), the VMM local
+overrides by the names ``one-tweaks install`` gives them. With ``installed=InstalledFrontend(
+remotes, oned_conf)`` it works like oned on a front-end ``one-tweaks install`` set up: it runs
+``REMOTES/tm/<tm_mad>/<action>`` and ``REMOTES/datastore/<ds_mad>/<action>`` directly (their
+own ``#!`` interpreter, no ``sys.executable``), and takes each VMM local action from the kvm
+VM_MAD's ``-l action=script`` list in that oned.conf (``REMOTES/vmm/<hypervisor>/<script>``,
+as one_vmm_exec.rb does); an action not in the list is remote, and as OpenNebula's remote
+scripts are not here, asking for one fails. Every executed path is recorded in ``executed``.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import re
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -83,17 +96,120 @@ def _ok(proc: subprocess.CompletedProcess[bytes], what: str) -> str:
     return proc.stdout.decode()
 
 
+# --- an installed front-end: remotes directory and oned.conf ------------------------------------
+
+def _strip_comments(text: str) -> str:
+    """oned.conf without its ``#`` comments (a ``#`` inside a quoted value stays)."""
+    out: list[str] = []
+    quoted, k = False, 0
+    while k < len(text):
+        ch = text[k]
+        if ch == "\\" and quoted:
+            out.append(text[k:k + 2])
+            k += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            eol = text.find("\n", k)
+            k = len(text) if eol < 0 else eol
+            continue
+        out.append(ch)
+        k += 1
+    return "".join(out)
+
+
+_VECTOR = re.compile(r'(?m)^\s*([A-Z_]+)\s*=\s*\[((?:[^\]"]|"(?:[^"\\]|\\.)*")*)\]')
+_PAIR = re.compile(r'([A-Za-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"')
+# one_vmm_exec.rb's options with a value: required (-l, -s) or optional (-r, -t, -w: GetoptLong
+# takes the next word unless it is an option)
+_VMM_EXEC_REQUIRED = {"-l", "--local", "-s", "--shell"}
+_VMM_EXEC_OPTIONAL = {"-r", "--retries", "-t", "--threads", "-w", "--timeout"}
+
+
+def vm_mads(conf_text: str) -> list[dict[str, str]]:
+    """Every ``VM_MAD = [ KEY = "value", ... ]`` vector of an oned.conf, keys upper-cased.
+    Written for this double, independent of the installer's parser (onelib/install/template.py)."""
+    return [{k.upper(): v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _PAIR.findall(body)}
+            for name, body in _VECTOR.findall(_strip_comments(conf_text)) if name == "VM_MAD"]
+
+
+def vmm_exec_arguments(arguments: str) -> tuple[str, dict[str, str]]:
+    """(hypervisor, local actions) of one_vmm_exec's ARGUMENTS as GetoptLong and
+    OpenNebulaDriver.parse_actions_list read them: the last ``-l``/``--local`` wins; each item
+    ``ACTION=script`` or ``ACTION`` (script = the action's name in lower case), the action
+    upper-cased; the hypervisor is the first word that is no option or option value."""
+    words, local, hypervisor, k = arguments.split(), "", "", 0
+    while k < len(words):
+        word = words[k]
+        value = words[k + 1] if k + 1 < len(words) else None
+        if word in _VMM_EXEC_REQUIRED or (word in _VMM_EXEC_OPTIONAL and value and not value.startswith("-")):
+            if word in ("-l", "--local"):
+                local = value or ""
+            k += 2
+            continue
+        if word.startswith("--local="):
+            local = word.split("=", 1)[1]
+        elif word.startswith("-l") and not word.startswith("--"):
+            local = word[2:]
+        elif not word.startswith("-") and not hypervisor:
+            hypervisor = word
+        k += 1
+    actions: dict[str, str] = {}
+    for item in (s.strip() for s in re.split(r"\s*,\s*", local)):
+        m = re.fullmatch(r"([^=]+)(=(.*))?", item)
+        if m:
+            actions[m.group(1).upper()] = (m.group(3) or "").strip() if m.group(2) else m.group(1).lower()
+    return hypervisor, actions
+
+
+@dataclass
+class InstalledFrontend:
+    """A front-end as ``one-tweaks install --remotes REMOTES --oned-conf ONED_CONF`` left it:
+    the Frontend double runs the executables under ``remotes`` and reads the kvm VM_MAD of
+    ``oned_conf`` (``vm_mad``: its NAME) the way oned does (see the module doc)."""
+
+    remotes: Path
+    oned_conf: Path
+    vm_mad: str = "kvm"
+    hypervisor: str = field(init=False, default="")
+    local: dict[str, str] = field(init=False, default_factory=dict)  # ACTION -> script
+
+    def __post_init__(self) -> None:
+        self.remotes, self.oned_conf = Path(self.remotes), Path(self.oned_conf)
+        mads = [m for m in vm_mads(self.oned_conf.read_text(encoding="utf-8")) if m.get("NAME") == self.vm_mad]
+        if len(mads) != 1:
+            raise ValueError(f"{self.oned_conf}: {len(mads)} VM_MAD vectors with NAME={self.vm_mad!r}")
+        self.hypervisor, self.local = vmm_exec_arguments(mads[0].get("ARGUMENTS", ""))
+        if not self.hypervisor:
+            raise ValueError(f"{self.oned_conf}: VM_MAD {self.vm_mad}: no hypervisor in ARGUMENTS")
+
+    def vmm_script(self, action: str) -> Path:
+        """``REMOTES/vmm/<hypervisor>/<script>`` of a local action (``deploy``, ``save``,
+        ``snapshotcreate``, ...); a remote one raises DriverFailed (no stock scripts here)."""
+        script = self.local.get(action.upper())
+        if script is None:
+            raise DriverFailed(f"{action} is not a local action of VM_MAD {self.vm_mad} in {self.oned_conf} "
+                               f"(-l {','.join(f'{k.lower()}={v}' for k, v in self.local.items()) or 'empty'}): "
+                               f"oned would run OpenNebula's remote vmm/{self.hypervisor}/{action}, "
+                               "which this front-end double does not have")
+        return self.remotes / "vmm" / self.hypervisor / script
+
+
 class Frontend:
     """oned's side of a VM's life on ``cloud`` (see the module doc)."""
 
     def __init__(self, cloud: Any, *, version: str = "6.10", paused: bool = True, hostname: str = "one-fe",
-                 kvm: bool | None = None) -> None:
+                 kvm: bool | None = None, installed: InstalledFrontend | None = None) -> None:
         if version not in ("6.10", "7.2"):
             raise ValueError(f"version {version!r}: 6.10 or 7.2")
         self.cloud, self.version, self.hostname = cloud, version, hostname
         self.kvm = Path("/dev/kvm").exists() if kvm is None else kvm
         self.repo = Path(__file__).resolve().parent.parent.parent
+        self.installed = installed
         self.transfers: list[Path] = []
+        self.executed: list[Path] = []  # every driver executable run, in order
+        self.commands: list[list[str]] = []  # and the command line of each (argv[0] first)
         remotes = cloud.root / "remotes"
         script = remotes / "vmm" / "kvm" / "deploy"
         script.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +246,28 @@ class Frontend:
         el = self.vm(vm_id).find(path)
         assert el is not None, path
         el.text = str(value)
+
+    # --- the driver executables (repository or installed front-end) -------------------------------
+
+    def scripts_dir(self) -> Path:
+        """Where oned finds the drivers: the installed remotes directory, else the repository."""
+        return self.installed.remotes if self.installed is not None else self.repo
+
+    def tm_script(self, tm_mad: str, action: str) -> Path:
+        return self.scripts_dir() / "tm" / tm_mad / action
+
+    def execute(self, path: Path, argv: list[str], stdin: bytes, what: str, *, timeout: float) -> str:
+        """Run a driver executable as oned does: installed, the file itself (its ``#!``
+        interpreter); from the repository, with this interpreter. Recorded in ``executed`` (and ``commands``);
+        a non-zero exit raises DriverFailed."""
+        if not path.is_file():
+            raise DriverFailed(f"{what}: {path} is not installed")
+        command = [str(path), *argv] if self.installed is not None else [sys.executable, str(path), *argv]
+        self.executed.append(path)
+        self.commands.append(command)
+        proc = subprocess.run(command, input=stdin, capture_output=True, env=self.cloud.env, cwd=self.cloud.home,
+                              timeout=timeout, check=False)
+        return _ok(proc, what)
 
     # --- the deployment file (LibVirtDriverKVM.cc) ------------------------------------------------
 
@@ -242,12 +380,10 @@ class Frontend:
         """One transfer line as one_tm.rb runs it."""
         words = shlex.split(line)
         name, tm_mad, argv = words[0].lower(), words[1], words[2:]
-        script = self.repo / "tm" / tm_mad / name
+        script = self.tm_script(tm_mad, name)
         if not script.exists() and "." in name:  # CLONE.ssh -> clone.ssh, else clone
-            script = self.repo / "tm" / tm_mad / name.split(".", 1)[0]
-        proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, env=self.cloud.env,
-                              cwd=self.cloud.home, timeout=180, check=False)
-        return _ok(proc, line)
+            script = self.tm_script(tm_mad, name.split(".", 1)[0])
+        return self.execute(script, argv, b"", line, timeout=180)
 
     def transfer(self, vm_id: int, kind: str, lines: list[str]) -> Path:
         """Write ``transfer.<seq>.<kind>`` and run its lines in order (the first failure raises)."""
@@ -272,11 +408,17 @@ class Frontend:
         return etree.tostring(root)
 
     def vmm(self, script: str, *argv: str, stdin: bytes) -> str:
-        """A local override ``vmm/kvm/<script>``: oned's argv, base64 stdin."""
-        proc = subprocess.run([sys.executable, str(self.repo / "vmm" / "kvm" / script), *argv],
-                              input=base64.b64encode(stdin), capture_output=True, env=self.cloud.env,
-                              cwd=self.cloud.home, timeout=180, check=False)
-        return _ok(proc, f"vmm/kvm/{script} {shlex.join(argv)}")
+        """A local override ``vmm/kvm/<script>`` (installed: ``vmm/<hypervisor>/<script>``):
+        oned's argv, base64 stdin."""
+        hypervisor = self.installed.hypervisor if self.installed else "kvm"
+        path = self.scripts_dir() / "vmm" / hypervisor / script
+        return self.execute(path, list(argv), base64.b64encode(stdin), f"vmm/{hypervisor}/{script} {shlex.join(argv)}",
+                            timeout=180)
+
+    def vmm_action(self, action: str, *argv: str, stdin: bytes) -> str:
+        """The VMM action ``action`` (oned's name: deploy, save, snapshotcreate, ...) through the
+        local override the front-end configures for it (``local_script``)."""
+        return self.vmm(self.local_script(action), *argv, stdin=stdin)
 
     # --- actions ---------------------------------------------------------------------------------------
 
@@ -295,7 +437,7 @@ class Frontend:
         domain = self.render(vm_id)
         local.write_bytes(domain)
         host = self.host(vm_id)
-        uuid = self.vmm("deploy-tweaks", str(local), host, str(vm_id), host, stdin=domain).split()[0]
+        uuid = self.vmm_action("deploy", str(local), host, str(vm_id), host, stdin=domain).split()[0]
         self._set(vm_id, "DEPLOY_ID", uuid)
         self._set(vm_id, "STATE", oned_sim.VM_ACTIVE)
         self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
@@ -346,8 +488,8 @@ class Frontend:
         tpl = vm.find("TEMPLATE")
         assert tpl is not None
         snap_id = max((int(s.findtext("SNAPSHOT_ID", "0")) + 1 for s in tpl.iterfind("SNAPSHOT")), default=0)
-        hid = self.vmm("snapshot_create-tweaks", self.deploy_id(vm_id), str(snap_id), str(vm_id), self.host(vm_id),
-                       stdin=self.message(vm_id)).strip()
+        hid = self.vmm_action("snapshotcreate", self.deploy_id(vm_id), str(snap_id), str(vm_id), self.host(vm_id),
+                              stdin=self.message(vm_id)).strip()
         snap = etree.SubElement(tpl, "SNAPSHOT")
         for key, value in (("ACTIVE", "YES"), ("HYPERVISOR_ID", hid), ("NAME", f"snapshot-{snap_id}"),
                            ("SNAPSHOT_ID", str(snap_id)), ("TIME", vm.findtext("STIME", "0"))):
@@ -361,12 +503,12 @@ class Frontend:
 
     def vm_snapshot_revert(self, vm_id: int, snap_id: int) -> str:
         """SNAPSHOTREVERT: ``snapshot_revert <deploy_id> <HYPERVISOR_ID> <vmid> <host>``."""
-        return self.vmm("snapshot_revert-tweaks", self.deploy_id(vm_id), self._hid(vm_id, snap_id), str(vm_id),
-                        self.host(vm_id), stdin=self.message(vm_id))
+        return self.vmm_action("snapshotrevert", self.deploy_id(vm_id), self._hid(vm_id, snap_id), str(vm_id),
+                               self.host(vm_id), stdin=self.message(vm_id))
 
     def vm_snapshot_delete(self, vm_id: int, snap_id: int) -> str:
-        out = self.vmm("snapshot_delete-tweaks", self.deploy_id(vm_id), self._hid(vm_id, snap_id), str(vm_id),
-                       self.host(vm_id), stdin=self.message(vm_id))
+        out = self.vmm_action("snapshotdelete", self.deploy_id(vm_id), self._hid(vm_id, snap_id), str(vm_id),
+                              self.host(vm_id), stdin=self.message(vm_id))
         tpl = self.vm(vm_id).find("TEMPLATE")
         assert tpl is not None
         for snap in tpl.findall(f"SNAPSHOT[SNAPSHOT_ID='{snap_id}']"):
@@ -378,11 +520,13 @@ class Frontend:
     # driver, SAVE/RESTORE (suspend, stop) through the checkpoint overrides, disk-saveas, backup.
     # ==============================================================================================
 
-    @staticmethod
-    def local_script(key: str) -> str:
-        """The script oned.conf's kvm VM_MAD ``-l`` list names for ``key`` as ``one-tweaks install``
-        writes it (``save`` -> ``save-tweaks``); the seed aliases (``tmsave``, ...) are passed
-        as ``script=`` instead."""
+    def local_script(self, key: str) -> str:
+        """The script oned.conf's kvm VM_MAD ``-l`` list names for ``key``: installed, what the
+        front-end's oned.conf says (an action not listed is remote: DriverFailed); else the
+        name ``one-tweaks install`` gives it (``save`` -> ``save-tweaks``). The seed aliases
+        (``tmsave``, ...) are passed as ``script=`` instead."""
+        if self.installed is not None:
+            return self.installed.vmm_script(key).name
         return {k: script for k, _, script in VMM_OVERRIDES}[key]
 
     def run_ds(self, action: str, image: etree._Element, obj_id: int, ds_id: int) -> str:
@@ -390,10 +534,8 @@ class Frontend:
         7.x alike): the base64 ``<DS_DRIVER_ACTION_DATA>`` (IMAGE, DATASTORE) on stdin, no newline."""
         ds_mad = self.cloud.oned.datastore(ds_id).findtext("DS_MAD", "")
         payload = etree.tostring(self.cloud.ds_message(image, ds_id))
-        proc = subprocess.run([sys.executable, str(self.repo / "datastore" / ds_mad / action), str(obj_id)],
-                              input=base64.b64encode(payload), capture_output=True, env=self.cloud.env,
-                              cwd=self.cloud.home, timeout=300, check=False)
-        return _ok(proc, f"datastore/{ds_mad}/{action} {obj_id}")
+        return self.execute(self.scripts_dir() / "datastore" / ds_mad / action, [str(obj_id)],
+                            base64.b64encode(payload), f"datastore/{ds_mad}/{action} {obj_id}", timeout=300)
 
     def _image_field(self, image_id: int, tag: str, value: object) -> None:
         el = self.cloud.oned.image(image_id).find(tag)
@@ -628,9 +770,8 @@ class Frontend:
 
     def run_tm_stdin(self, tm_mad: str, action: str, argv: list[str], stdin: bytes) -> str:
         """A TM action one_vmm_exec.rb runs itself (not from a transfer file), with its stdin."""
-        proc = subprocess.run([sys.executable, str(self.repo / "tm" / tm_mad / action), *argv], input=stdin,
-                              capture_output=True, env=self.cloud.env, cwd=self.cloud.home, timeout=300, check=False)
-        return _ok(proc, f"tm/{tm_mad}/{action} {shlex.join(argv)}")
+        return self.execute(self.tm_script(tm_mad, action), argv, stdin, f"tm/{tm_mad}/{action} {shlex.join(argv)}",
+                            timeout=300)
 
     def migrate(self, vm_id: int, dst: str) -> None:
         """MIGRATE --live as oned runs it: a new history record for ``dst`` (LCM MIGRATE), tm
@@ -659,7 +800,7 @@ class Frontend:
         message = self.message(vm_id, HOST=src, MIGR_HOST=dst, DISK_TARGET_PATH=dst_dir,
                                TM_COMMAND=shlex.join(["MIGRATE", tm_mad, *argv]) + "\n")
         try:
-            self.vmm("migrate-tweaks", self.deploy_id(vm_id), dst, src, vid, src, stdin=message)
+            self.vmm_action("migrate", self.deploy_id(vm_id), dst, src, vid, src, stdin=message)
         except DriverFailed:
             self.run_tm_stdin(tm_mad, "failmigrate", argv, doc)
             self.add_history(vm_id, src)
@@ -683,5 +824,5 @@ class Frontend:
             return ""
         message = self.message(vm_id)
         host = self.host(vm_id)
-        return self.vmm("resize_disk-tweaks", self.deploy_id(vm_id), str(disk_id), str(size_mb),
-                        base64.b64encode(message).decode(), host, str(vm_id), host, stdin=message)
+        return self.vmm_action("resize_disk", self.deploy_id(vm_id), str(disk_id), str(size_mb),
+                               base64.b64encode(message).decode(), host, str(vm_id), host, stdin=message)
