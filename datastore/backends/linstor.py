@@ -284,12 +284,19 @@ class Linstor(Backend):
                 client.keyfile = self.keyfile
             if self.cafile:
                 client.cafile = self.cafile
+            if self.keyfile and not self.certfile:
+                raise DriverError("LINSTOR TLS settings: LS_KEYFILE is set without LS_CERTFILE (the client "
+                                  "certificate it belongs to)")
             try:
                 client.connect()
             except linstor.LinstorError as exc:
+                # MultiLinstor's own message names no reason; each controller's error does (refused,
+                # timed out, the certificate does not verify against LS_CAFILE, ...)
+                why = "; ".join(_first_line(e).removeprefix("Error: ") for e in exc.all_errors()
+                               if isinstance(e, BaseException))
                 raise Transient(f"no LINSTOR controller answers ({', '.join(self.controllers)}): "
-                                f"{_first_line(exc)}") from None
-            except OSError as exc:  # certificate files
+                                f"{why or _first_line(exc)}") from None
+            except OSError as exc:  # certificate files, a TLS handshake refused after connecting
                 raise DriverError(f"LINSTOR TLS settings: {exc}") from None
             self._client = client
         return self._client

@@ -14,8 +14,8 @@ Checks (``--skip`` takes their names; ``--offline`` skips ``api``):
 - ``libvirt``: libvirt's domain schema exists (the tweak engine validates with it).
 - ``api``: the storage API answers one cheap GET with the configured token (StorPool);
   for every ``linstor_un`` datastore oned lists, a LINSTOR controller of its LS_CONTROLLERS
-  (datastore template over the configuration; TLS with LS_CERTFILE/LS_KEYFILE/LS_CAFILE)
-  answers ``GET /v1/controller/version``.
+  (datastore template over the configuration; TLS with LS_CERTFILE/LS_KEYFILE/LS_CAFILE,
+  set up as python-linstor sets it up for the drivers) answers ``GET /v1/controller/version``.
 - ``rules``: ``one-tweaks check`` passes on the rule files.
 """
 
@@ -369,6 +369,23 @@ def check_linstor_controllers(report: Report) -> None:
                        f"the others, but fix or remove them in {where}")
 
 
+def _linstor_tls(certfile: str, keyfile: str, cafile: str) -> ssl.SSLContext:
+    """The TLS client side as python-linstor sets it up for the drivers: the controller's
+    certificate verified (with its host name) only against LS_CAFILE, not verified without it
+    (as the drivers then do not either); the client certificate from LS_CERTFILE/LS_KEYFILE."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        context.load_verify_locations(cafile)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if keyfile and not certfile:
+        raise ValueError("LS_KEYFILE is set without LS_CERTFILE")
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
+    return context
+
+
 def _probe_linstor(controller: str, tls: tuple[str, ...]) -> str:
     """"" when ``controller`` answers GET /v1/controller/version as LINSTOR does, else why not."""
     certfile, keyfile, cafile = tls
@@ -384,13 +401,11 @@ def _probe_linstor(controller: str, tls: tuple[str, ...]) -> str:
     conn: http.client.HTTPConnection
     try:
         if scheme in ("linstor+ssl", "https"):
-            context = ssl.create_default_context(cafile=cafile or None)
-            if certfile:
-                context.load_cert_chain(certfile, keyfile or None)
-            conn = http.client.HTTPSConnection(parts.hostname, port, timeout=API_TIMEOUT, context=context)
+            conn = http.client.HTTPSConnection(parts.hostname, port, timeout=API_TIMEOUT,
+                                               context=_linstor_tls(certfile, keyfile, cafile))
         else:
             conn = http.client.HTTPConnection(parts.hostname, port, timeout=API_TIMEOUT)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ValueError) as exc:
         return f"TLS settings: {exc}"
     try:
         conn.request("GET", "/v1/controller/version", headers={"Connection": "close",
@@ -400,6 +415,13 @@ def _probe_linstor(controller: str, tls: tuple[str, ...]) -> str:
     except (OSError, http.client.HTTPException) as exc:
         if isinstance(exc, TimeoutError):
             return f"no answer within {API_TIMEOUT:g}s"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"its TLS certificate does not verify against LS_CAFILE {cafile} "
+                    f"({exc.verify_message or exc.reason})")
+        if isinstance(exc, ssl.SSLError):
+            who = "without a client certificate (LS_CERTFILE/LS_KEYFILE)" if not certfile else \
+                f"with the client certificate {certfile}"
+            return f"TLS handshake failed {who}: {exc.reason or exc}"
         return str(exc) or type(exc).__name__
     finally:
         conn.close()

@@ -22,6 +22,14 @@ connections, removes every ``by-res`` link it made and detaches every loop devic
 (``with LinstorSim(tmp_path) as sim: ...``), and an ``atexit`` hook stops simulators a crashed
 test left running.
 
+- ``port = sim.serve_tls(context)`` also serves the same controller over TLS (as a controller
+  listens on 3370 for HTTP and 3371 for HTTPS): a second listener on 127.0.0.1 whose accepted
+  connections are wrapped by ``context`` (an ``ssl.SSLContext`` for the server side, made by the
+  test with its own certificate; to require client certificates, as a controller with a
+  trust store does, the test sets ``verify_mode = ssl.CERT_REQUIRED`` and the client CA on
+  it). ``sim.tls_port``, ``sim.tls_url`` = ``linstor+ssl://127.0.0.1:PORT``; ``stop()`` closes
+  it too. The handshake runs in the connection's thread; a failed one is counted in
+  ``sim.tls_failures`` (the client saw no reply). Requests record ``tls`` (True over TLS).
 - ``sim.add_node(name, by_res_dir=None, *, pool="pool", provider="LVM_THIN",
   capacity_kib=..., props=None, online=True, address="127.0.0.1")`` adds a satellite with one
   storage pool ``pool`` (``None``: no diskful pool, e.g. a compute-only node) plus the diskless
@@ -126,7 +134,8 @@ Where this simulator differs from a controller (choices)
   (``cp --reflink=auto --sparse=always``); clone is synchronous (status COMPLETE at once) and
   copies data; sync-status always reports synced. Encryption flags and layer stacks are
   recorded and reported, nothing is encrypted or layered; diskless resources need DRBD in the
-  layer stack. No tiebreakers are created. No authentication, no HTTPS.
+  layer stack. No tiebreakers are created. No authentication; HTTPS only on the extra
+  ``serve_tls`` listener (no redirect from the HTTP port).
 - Calls run one at a time under a lock (data copies and ``losetup`` inside it; the ``delay``
   fault sleeps outside it).
 """
@@ -143,6 +152,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -882,11 +892,18 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, sim: LinstorSim) -> None:
+    def __init__(self, sim: LinstorSim, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.sim = sim
+        self.tls = tls
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        if self.tls is not None:  # the handshake runs in the connection's thread (_Handler.setup)
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.conns_lock:
@@ -918,6 +935,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = None  # idle keep-alive connections stay open (stop() closes them)
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            try:
+                self.request.do_handshake()
+            except OSError:
+                self.server.sim.tls_failures += 1
+                raise
+            self.request.settimeout(None)
         super().setup()
         # headers and body go out as separate writes: without this, Nagle + delayed ACK add 40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -971,6 +996,9 @@ class LinstorSim:
         self.requests: list[dict[str, Any]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._tls_server: _Server | None = None
+        self._tls_thread: threading.Thread | None = None
+        self.tls_failures = 0
         self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -988,16 +1016,33 @@ class LinstorSim:
         _RUNNING.add(self)
         return self
 
+    def serve_tls(self, context: ssl.SSLContext) -> int:
+        """Serve this controller over TLS too (``context``: the server side); returns the port."""
+        if self._server is None:
+            raise RuntimeError("the simulator is not running")
+        if self._tls_server is not None:
+            raise RuntimeError("the simulator serves TLS already")
+        self._tls_server = _Server(self, tls=context)
+        self._tls_thread = threading.Thread(
+            target=self._tls_server.serve_forever, kwargs={"poll_interval": 0.05}, name="linstor-sim-tls", daemon=True
+        )
+        self._tls_thread.start()
+        return self.tls_port
+
     def stop(self) -> None:
         """Stop serving; remove the links and detach the loop devices this simulator made."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for attr in ("_tls_server", "_server"):
+            server = getattr(self, attr)
+            setattr(self, attr, None)
+            if server is not None:
+                server.shutdown()
+                server.close_connections()
+                server.server_close()
+        for attr in ("_tls_thread", "_thread"):
+            thread = getattr(self, attr)
+            if thread is not None:
+                thread.join(timeout=5)
+                setattr(self, attr, None)
         with self._lock:
             self._stopped = True
             for path in list(self._links):
@@ -1044,6 +1089,16 @@ class LinstorSim:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        if self._tls_server is None:
+            raise RuntimeError("the simulator does not serve TLS (serve_tls)")
+        return int(self._tls_server.server_address[1])
+
+    @property
+    def tls_url(self) -> str:
+        return f"linstor+ssl://{self.host}:{self.tls_port}"
 
     # -- test controls --------------------------------------------------------------------------
 
@@ -1249,6 +1304,7 @@ class LinstorSim:
             "query": query,
             "body": body,
             "agent": req.headers.get("User-Agent", ""),
+            "tls": isinstance(req.connection, ssl.SSLSocket),
             "time": time.time(),
             "status": None,
             "reply": None,
