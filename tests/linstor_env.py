@@ -36,6 +36,7 @@ import linstor
 import pytest
 import storage_env
 from lxml import etree
+from scenario import write_at
 from sim import oned as oned_sim
 from sim.linstor import LinstorSim
 from sim.oned import OnedDouble
@@ -242,12 +243,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write(path: str | Path, data: bytes, offset: int = 0) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+write = write_at  # the name the driver tests use
 
 
 def read(path: str | Path, length: int, offset: int = 0) -> bytes:

@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from test_live_firmware_cpu import vars_store
-
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 NVRAM_SIZE = 2**20
@@ -62,6 +60,8 @@ def dev_link(target: Path, tag: str) -> Iterator[Path]:
 
 def nvram_store(data: bytes) -> dict[tuple[str, str], bytes]:
     """The variable store of an NVRAM volume: the VARS template's size at its end."""
+    from test_live_firmware_cpu import vars_store
+
     return vars_store(data[len(data) - OVMF_VARS.stat().st_size:])
 
 

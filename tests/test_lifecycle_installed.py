@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import ONE, ROOT
 from livevm import libvirtd, qmp, virsh
+from scenario import links, read_at, write_at
 from sim.frontend import DriverFailed, Frontend, InstalledFrontend
 from storage_env import IMAGE_DS, Cloud, cloud, sshd
 
@@ -99,26 +100,6 @@ def tree(root: Path) -> dict[str, tuple[str, int]]:
         st = path.lstat()
         kind = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
         out[str(path.relative_to(root))] = (kind, stat.S_IMODE(st.st_mode))
-    return out
-
-
-def write_at(path: Path, data: bytes) -> None:
-    with open(path, "r+b") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_at(path: Path, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(length)
-
-
-def links(cloud: Cloud) -> list[str]:
-    out: list[str] = []
-    for host in cloud.hosts:
-        for top in (cloud.ds_location(host), cloud.device_dir(host)):
-            out += [str(p) for p in top.rglob("*") if p.is_symlink()]
     return out
 
 
