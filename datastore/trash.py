@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from onelib.errors import DriverError
 
-from .backend import Volume
+from .backend import Backend, Volume
 from .driver import Driver
 
 MIB = 1024 * 1024
@@ -62,10 +62,25 @@ def restored_source(px: str) -> str:
     return f"{px}-img-restored-{int(time.time())}"
 
 
+# tag of a restored image's volume: the id of the image ``trash restore`` registered for it
+RESTORED_TAG = "restored"
+
+
 def is_restored(px: str, volume: str) -> bool:
     """``volume`` has the name ``trash restore`` gives an image's volume: never the name of
-    another image's volume (those are ``<px>-img-<ID>``), so DS rm may take it from SOURCE."""
+    another image's volume (those are ``<px>-img-<ID>``). DS rm takes it from SOURCE only
+    when its RESTORED_TAG names the image being deleted (``restored_volume``)."""
     return re.fullmatch(re.escape(px) + r"-img-restored-[0-9]{1,12}", volume) is not None
+
+
+def restored_volume(backend: Backend, px: str, volume: str, image_id: int) -> bool:
+    """``volume`` is the volume ``trash restore`` made for image ``image_id`` (1-2 calls):
+    a SOURCE can name a restored volume another image owns (an image registered by hand
+    with that SOURCE), whose deletion must not take it."""
+    if not is_restored(px, volume):
+        return False
+    found = backend.get(volume)
+    return found is not None and not found.snapshot and found.tags.get(RESTORED_TAG) == str(image_id)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -86,6 +101,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except BaseException:
             drv.backend.delete(source)
             raise
+        try:
+            drv.backend.set_tags(source, {RESTORED_TAG: str(image_id)})
+        except DriverError as exc:
+            raise DriverError(f"image {image_id} was registered, but its volume {source} could not be marked as "
+                              f"its own ({exc}): deleting the image will keep the volume") from None
     print(f"image {image_id} ({name}) restored from {snap.name} as volume {source}")
     return 0
 

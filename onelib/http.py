@@ -45,15 +45,28 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         host, _, port_text = authority.partition(":")
     if not host:
         raise ValueError(f"{url!r} names no host")
-    if port_text and not port_text.isdigit():
+    if port_text and not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"{url!r}: port {port_text!r} is not a number")
     port = int(port_text) if port_text else (443 if scheme == "https" else 80)
+    if not 0 < port < 65536:
+        raise ValueError(f"{url!r}: port {port} is out of range")
+    if any(c <= " " or c == "\x7f" for c in rest):
+        raise ValueError(f"{url!r} has spaces or control characters")
     return scheme, host, port, "/" + path
 
 
 def request(method: str, host: str, port: int, path: str, *, body: bytes | None = None,
             headers: Mapping[str, str] | None = None, timeout: float = 30.0, tls: Any = None) -> Response:
-    """One request; ``tls`` is an ``ssl.SSLContext`` (or True for the default one) for https."""
+    """One request; ``tls`` is an ``ssl.SSLContext`` (or True for the default one) for https.
+    A path with spaces or control characters, or a header with CR/LF, is a ValueError
+    before anything is sent (it would split the request)."""
+    if not path.startswith("/") or any(c <= " " or c == "\x7f" for c in path):
+        raise ValueError(f"HTTP request path {path[:80]!r} has spaces or control characters")
+    for key, value in (headers or {}).items():
+        if any(c in "\r\n\0" for c in key + value) or ":" in key:
+            raise ValueError(f"HTTP header {key[:40]!r} has a line break or NUL")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address as URLs write it
+        host = host[1:-1]
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         if tls:
@@ -90,7 +103,7 @@ def _read_response(reply: IO[bytes], method: str) -> Response:
         if not status_line:
             raise ProtocolError("connection closed without a reply")
         parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
             raise ProtocolError(f"not an HTTP reply: {status_line[:60]!r}")
         status, reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
         headers = _read_headers(reply)
@@ -102,7 +115,7 @@ def _read_response(reply: IO[bytes], method: str) -> Response:
         body = _read_chunked(reply)
     elif "content-length" in headers:
         length = headers["content-length"].strip()
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise ProtocolError(f"bad Content-Length {length!r}")
         body = reply.read(int(length))
         if len(body) != int(length):

@@ -8,6 +8,7 @@ Endpoint: ``$ONE_XMLRPC``, else the first line of ``~/.one/one_endpoint``, else
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from lxml import etree
@@ -47,11 +48,21 @@ class Fault(Exception):
         self.code, self.text = code, text
 
 
+# characters XML 1.0 cannot carry at all (C0 controls but tab, LF and CR; U+FFFE/U+FFFF;
+# lone surrogates, which UTF-8 cannot encode either)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
 # XML-RPC by hand rather than ``xmlrpc.client``: that module imports ``http.client`` (the
 # e-mail parser, ssl), about 11 ms on every driver action; oned's calls need only strings,
 # integers and booleans, and lxml is loaded anyway.
 def escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """``text`` as XML character data. A CR is sent as ``&#13;``: a literal one would reach
+    oned as LF (XML end-of-line handling)."""
+    bad = _NOT_XML.search(text)
+    if bad:
+        raise DriverError(f"OpenNebula API: the character {bad.group()!r} cannot be sent in XML-RPC")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def _param(value: Any) -> str:
@@ -93,7 +104,13 @@ def _value(el: etree._Element) -> Any:
     if tag == "array":
         return [_value(v) for v in typed.iterfind("data/value")]
     if tag == "struct":
-        return {m.findtext("name", ""): _value(m.find("value")) for m in typed.iterfind("member")}  # type: ignore[arg-type]
+        members = {}
+        for member in typed.iterfind("member"):
+            value = member.find("value")
+            if value is None:
+                raise ValueError("struct member without a value")
+            members[member.findtext("name", "")] = _value(value)
+        return members
     raise ValueError(f"XML-RPC type {tag!r}")
 
 

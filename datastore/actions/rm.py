@@ -20,7 +20,9 @@ remote backups refuses (nothing changes). A volume that is already gone (a re-ru
 the volume was deleted, or kept under its new name) needs no backup: the rest is cleaned up.
 
 An image ``one-tweaks trash restore`` registered has the volume its SOURCE names,
-``<PX>-img-restored-<time>`` (a name no other image's volume has): rm takes that one.
+``<PX>-img-restored-<time>`` (a name no other image's volume has), tagged ``restored=<ID>``
+with the image's id: rm takes that one (1-2 calls to check the tag), and never a restored
+volume whose tag names another image (an image registered by hand with its SOURCE).
 
 API calls: 1 (SnapshotsList) + 2 (image: detach, delete) + 1 (staging: absent) + 2 per snapshot;
 with REMOTE_BACKUP_DELETE 1 more (VolumeBackup), or, when it fails, 1 (look the volume up)
@@ -39,7 +41,7 @@ from onelib.errors import DriverError
 from ..backend import Backend
 from ..entry import DsRequest
 from ..imageds import DsAction
-from ..trash import is_restored
+from ..trash import restored_volume
 
 _LOCATION = re.compile(r"[A-Za-z0-9_.:-]{1,63}")
 _TAG = re.compile(r"([A-Za-z0-9_.:-]{1,63})=([A-Za-z0-9_.:-]{1,63})")
@@ -91,8 +93,9 @@ def run(request: DsRequest) -> str:
     image_id = act.image_id()
     final = act.names.image(image_id)
     source = xmldoc.text(act.image, "SOURCE")
-    if source and is_restored(act.names.px, act.names.source_volume(source)):
-        final = act.names.source_volume(source)  # an image `one-tweaks trash restore` registered
+    restored = act.names.source_volume(source) if source else ""
+    if restored and restored_volume(act.driver.backend, act.names.px, restored, image_id):
+        final = restored  # the volume `one-tweaks trash restore` made for this image
     staging = act.staging_name(image_id)
     setting = act.setting("REMOTE_BACKUP_DELETE")
     location, backup_tags = remote_backup_setting(setting) if setting else ("", {})

@@ -61,6 +61,8 @@ class Api:
         for attempt in range(self.retries + 1):
             try:
                 status, raw = self._send(verb, API_PREFIX + name, payload)
+            except ValueError as exc:  # a name that cannot be part of a request path: never sent
+                raise DriverError(f"StorPool {call}: {exc}") from None
             except ConnectionRefusedError:
                 error: DriverError = Transient(f"StorPool API {self.host}:{self.port} refused the connection")
             except TimeoutError:
