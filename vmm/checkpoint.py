@@ -9,7 +9,8 @@ runs ``restore <checkpoint_file> <host> <deploy_id> <vmid> <host>``; as local ov
 VMM half (``save``, ``restore``): one override for every driver. It dispatches on the system
 datastore's TM_MAD (DATASTORE/TM_MAD of the message, else the VM's last history record):
 
-- ``tm/<TM_MAD>/presave``/``postsave`` (``prerestore``/``postrestore``) exist: they are run
+- ``tm/<TM_MAD>/presave``/``postsave`` (``prerestore``/``postrestore``) exist (all four are
+  needed; a missing one fails the call before anything is done): they are run
   with the same argv and the base64 message on stdin (addon-storpool's calling convention),
   around ``virsh --connect <LIBVIRT_URI> save <deploy_id> <checkpoint_file>`` (``restore``)
   which the override runs on the host itself over ssh. Restore reads the image's domain
@@ -216,6 +217,14 @@ class Hooks:
     def block(self) -> bool:
         return any(self.find(f"{when}{self.call.kind}") for when in ("pre", "post"))
 
+    def require(self) -> None:
+        """A block driver needs all four hooks (the other kind's undo the failures): a missing
+        one fails the call before anything is done, rather than being silently skipped."""
+        for name in ("presave", "postsave", "prerestore", "postrestore"):
+            if self.find(name) is None:
+                raise DriverError(f"tm/{self.call.tm_mad}/{name} is not installed (no executable "
+                                  f"{os.path.join(self.dir, name)}): run one-tweaks install")
+
     def run(self, name: str) -> None:
         path = self.find(name)
         if path is None:
@@ -259,6 +268,7 @@ def save(args: list[str], stdin: bytes) -> None:
     if not hooks.block:
         stock(config, call)
         return
+    hooks.require()
     hv = hosts.Hypervisor(config, call.host)
     hooks.run("presave")
     try:
@@ -298,6 +308,7 @@ def restore(args: list[str], stdin: bytes) -> None:
     if not hooks.block:
         stock(config, call)
         return
+    hooks.require()
     hv = hosts.Hypervisor(config, call.host)
     if hv.state(call.deploy_id) in LIVE_STATES:
         log.info(f"VM {call.vm_id}: {call.deploy_id} already runs on {call.host}: checkpoint no longer needed")

@@ -12,7 +12,8 @@ Checks (``--skip`` takes their names; ``--offline`` skips ``api``):
 - ``scripts``: every executable is installed, executable, runs this installation's Python,
   and that Python imports the drivers.
 - ``libvirt``: libvirt's domain schema exists (the tweak engine validates with it).
-- ``api``: the storage API answers one cheap GET with the configured token (StorPool);
+- ``api``: the storage API answers one cheap GET with the configured token (StorPool; not
+  configured at all is fine when oned lists no storpool datastore);
   for every ``linstor_un`` datastore oned lists, a LINSTOR controller of its LS_CONTROLLERS
   (datastore template over the configuration; TLS with LS_CERTFILE/LS_KEYFILE/LS_CAFILE,
   set up as python-linstor sets it up for the drivers) answers ``GET /v1/controller/version``.
@@ -281,6 +282,8 @@ def check_storpool_api(report: Report) -> None:
     port = config.get("SP_API_HTTP_PORT") or sp.get("SP_API_HTTP_PORT", "81")
     token = config.get("SP_AUTH_TOKEN") or sp.get("SP_AUTH_TOKEN", "")
     if not host or not token:
+        if _no_datastore_of("storpool"):
+            return  # e.g. a LINSTOR-only front-end: no StorPool API to reach
         report.add(f"api: StorPool API not configured: set SP_API_HTTP_HOST, SP_API_HTTP_PORT and SP_AUTH_TOKEN in "
                    f"{conf_path} (or {config.get('SP_STORPOOL_CONF')}); --offline skips this check")
         return
@@ -323,6 +326,18 @@ def check_storpool_api(report: Report) -> None:
 
 LINSTOR_PORTS = {"linstor": 3370, "http": 3370, "linstor+ssl": 3371, "https": 3371}
 _LINSTOR_TLS = ("LS_CERTFILE", "LS_KEYFILE", "LS_CAFILE")
+
+
+def _no_datastore_of(driver: str) -> bool:
+    """oned answers and lists no datastore of ``driver`` (False when oned cannot be asked)."""
+    from ..oned import Oned
+
+    try:
+        pool = xmldoc.parse(Oned(timeout=API_TIMEOUT).call("one.datastorepool.info"), "one.datastorepool.info")
+    except DriverError:
+        return False
+    return not any(driver in (xmldoc.text(ds, "TM_MAD"), xmldoc.text(ds, "DS_MAD"))
+                   for ds in pool.iterfind("DATASTORE"))
 
 
 def check_linstor_controllers(report: Report) -> None:

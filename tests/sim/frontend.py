@@ -83,7 +83,12 @@ echo "${{uuid%%[[:space:]]*}}"
 
 
 class DriverFailed(AssertionError):
-    pass
+    """A driver exited non-zero (or could not run): ``returncode`` and raw ``stderr`` kept
+    for the tests that check what oned would make of them."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.returncode, self.stderr = returncode, stderr
 
 
 class Refused(AssertionError):
@@ -92,7 +97,8 @@ class Refused(AssertionError):
 
 def _ok(proc: subprocess.CompletedProcess[bytes], what: str) -> str:
     if proc.returncode != 0:
-        raise DriverFailed(f"{what}: exit {proc.returncode}: {proc.stderr.decode(errors='replace')}")
+        raise DriverFailed(f"{what}: exit {proc.returncode}: {proc.stderr.decode(errors='replace')}",
+                           returncode=proc.returncode, stderr=proc.stderr)
     return proc.stdout.decode()
 
 
