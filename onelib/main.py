@@ -36,8 +36,13 @@ def run(ident: str, action: Action, argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"internal error in {ident}: {type(exc).__name__}: {exc}\n")
         return 70
     if out:
-        sys.stdout.write(out if out.endswith("\n") else out + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(out if out.endswith("\n") else out + "\n")
+            sys.stdout.flush()
+        except OSError as exc:  # oned's end of the pipe is gone, or the disk is full
+            log.error(f"done, but the result could not be written: {exc}")
+            sys.stderr.write(f"{ident}: done, but the result could not be written: {exc.strerror}\n")
+            return 1
     log.info("done")
     return 0
 

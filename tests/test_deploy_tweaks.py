@@ -54,8 +54,9 @@ def install_standin(cloud: Cloud, create: bool) -> Path:
 
 
 def run_deploy(cloud: Cloud, domain: bytes, vm_id: int = 42, host: str = "node1",
-               stdin: bytes | None = None) -> tuple[subprocess.CompletedProcess[bytes], Path]:
-    local = cloud.home / "vms" / str(vm_id) / "deployment.0"
+               stdin: bytes | None = None,
+               name: str = "deployment.0") -> tuple[subprocess.CompletedProcess[bytes], Path]:
+    local = cloud.home / "vms" / str(vm_id) / name
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(domain)
     data = base64.b64encode(domain) if stdin is None else stdin
@@ -86,6 +87,17 @@ def test_deploy_applies_rules_and_deploys_through_the_host(cloud: Cloud) -> None
         "heads: out of range 1..16; rule skipped"]
     assert any(host == "node1" and "/vmm/kvm/deploy" in cmd for host, cmd in cloud.ssh_commands())
     assert sorted(p.name for p in remote_dir.iterdir()) == ["deployment.0", "ds.xml", "vm.xml"], "nothing staged left"
+
+
+def test_a_long_deployment_file_name_travels_whole(cloud: Cloud) -> None:
+    """The files go to the host as a tar stream: a name longer than ustar's 100 characters
+    must arrive whole (PAX headers), not fail the deploy."""
+    install_standin(cloud, create=False)
+    cloud.make_vm(42)
+    name = "deployment." + "0" * 150
+    proc, _ = run_deploy(cloud, (ONE / "deployment.0.xml").read_bytes(), name=name)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in cloud.vm_dir("node1", 42).iterdir()) == sorted([name, "ds.xml", "vm.xml"])
 
 
 def test_a_failing_remote_deploy_is_one_line_and_leaves_no_staged_file(cloud: Cloud) -> None:

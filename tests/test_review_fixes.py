@@ -195,3 +195,14 @@ def test_a_bracketed_ipv6_api_host_is_reached() -> None:
     finally:
         thread.join(timeout=10)
     assert f"\r\nHost: [::1]:{port}\r\n".encode() in requests[0]
+
+
+def test_a_result_that_cannot_be_written_is_one_line_and_a_failure() -> None:
+    """oned's end of stdout gone or the disk full: exit 1 and one line, never a traceback."""
+    code = "from onelib.main import finish, run\nfinish(run('one-tweaks-test', lambda argv: 'the result'))"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["one-tweaks-test: done, but the result could not be written: "
+                                        "No space left on device"]
