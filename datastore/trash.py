@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from onelib.errors import DriverError
+from onelib.errors import DriverError, Transient
 
 from .backend import Backend, Volume
 from .driver import Driver
@@ -98,6 +98,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
                           tags={"virt": "one", "nloc": drv.names.px})
         try:
             image_id = drv.oned.image_allocate(template, drv.ds_id)
+        except Transient as exc:
+            # no reply: oned may have registered the image over this volume, so it stays
+            raise Transient(f"{exc}; whether image {name!r} was registered is unknown, so its volume {source} "
+                            f"is kept: if `oneimage list` shows no image with SOURCE {source}, that volume is "
+                            "left over (remove it in StorPool) and the restore can be run again") from None
         except BaseException:
             drv.backend.delete(source)
             raise

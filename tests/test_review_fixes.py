@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import xmlrpc.client
 import xmlrpc.server
 from collections.abc import Iterator
@@ -206,3 +207,30 @@ def test_a_result_that_cannot_be_written_is_one_line_and_a_failure() -> None:
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["one-tweaks-test: done, but the result could not be written: "
                                         "No space left on device"]
+
+
+def test_trash_restore_keeps_the_volume_when_oned_may_have_registered_the_image(cloud: Cloud) -> None:
+    """oned applies the registration but its reply never arrives (timeout): the image it made
+    names the new volume, so the volume must stay; a refusal (no image) removes it."""
+    volume = "one-img-9300-42-0"
+    cloud.make_volume(volume, 8)
+    snap = f"{volume}-DELETED-1700000000"
+    cloud.sp(f"VolumeSnapshot/{volume}", {"name": snap, "tags": {"virt": "one", "nloc": "one", "trash": volume}})
+    cloud.configure(API_TIMEOUT=1)
+    before_volumes, before_images = set(cloud.sim.inventory()["volumes"]), set(cloud.oned.images)
+    cloud.oned.fail("one.image.allocate", mode="delay", delay=2.5)
+    proc = _tweaks(cloud, "trash", "restore", snap, "--datastore", str(IMAGE_DS))
+    assert proc.returncode != 0
+    (line,) = proc.stderr.decode().splitlines()
+    (kept,) = set(cloud.sim.inventory()["volumes"]) - before_volumes
+    assert f"its volume {kept} is kept" in line and "Traceback" not in line
+    deadline = time.monotonic() + 10
+    while set(cloud.oned.images) == before_images and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (new_id,) = set(cloud.oned.images) - before_images
+    assert cloud.oned.image(new_id).findtext("SOURCE") == kept, "the image oned made names the kept volume"
+
+    cloud.oned.fail("one.image.allocate", mode="error", message="quota exceeded")
+    proc = _tweaks(cloud, "trash", "restore", snap, "--datastore", str(IMAGE_DS))
+    assert proc.returncode != 0 and "quota exceeded" in proc.stderr.decode()
+    assert set(cloud.sim.inventory()["volumes"]) - before_volumes == {kept}, "a refused registration leaves nothing"

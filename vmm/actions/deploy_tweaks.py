@@ -49,7 +49,7 @@ def run(req: VmmRequest) -> str:
     vm_id = int(raw_id)
     config = Config.load()
     domain_xml = _domain_xml(req, local_file)
-    oned = Oned()
+    oned = Oned(timeout=float(config.integer("API_TIMEOUT") or 30))
     vm = oned.vm(vm_id)
     tweaked = tweak(domain_xml, vm, vm_id, config)
     _write_local(local_file + "-tweaks", tweaked)
