@@ -15,11 +15,10 @@ import threading
 import time
 import xmlrpc.client
 import xmlrpc.server
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from storage_env import IMAGE_DS, Cloud, cloud, sshd
+from test_onelib_http import echo_server
 
 from datastore.backends.storpool_api import Api
 from onelib import http
@@ -73,21 +72,6 @@ def test_rm_of_an_image_naming_another_images_restored_volume_keeps_that_volume(
 # --- XML-RPC and HTTP -------------------------------------------------------------------------------
 
 
-@contextmanager
-def xmlrpc_echo() -> Iterator[str]:
-    """Python's own XML-RPC server (a real one, standing in for oned): ``one.echo.info``
-    returns the arguments it received."""
-    server = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=False)
-    server.register_function(lambda *args: [True, list(args), 0], "one.echo.info")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/RPC2"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_xml_rpc_strings_keep_carriage_returns() -> None:
     """A literal CR in XML character data reaches the server as LF (XML end-of-line
     handling); it must travel as a character reference. The request is decoded here by
@@ -104,7 +88,7 @@ def test_xml_rpc_strings_keep_carriage_returns() -> None:
 def test_xml_rpc_refuses_characters_xml_cannot_carry(text: str) -> None:
     """XML 1.0 has no form for C0 controls (but tab/LF/CR) or lone surrogates: one clear
     error before anything is sent, not a malformed document (or an encoder traceback)."""
-    with xmlrpc_echo() as url, pytest.raises(DriverError, match="cannot be sent in XML-RPC"):
+    with echo_server() as url, pytest.raises(DriverError, match="cannot be sent in XML-RPC"):
         Oned(url, "a:b").call("one.echo.info", text)
 
 
