@@ -38,6 +38,7 @@ from conftest import ONE, ROOT
 from linstor_env import DRIVER, LinstorCloud, by_res, lcloud
 from linstor_env import FE as LS_FE
 from linstor_env import IMAGE_DS as LS_IMAGE_DS
+from linstor_env import SYSTEM_DS as LS_SYSTEM_DS
 from livevm import libvirtd, qmp, virsh
 from scenario import links, read_at, write_at
 from sim.frontend import DriverFailed, Frontend, InstalledFrontend
@@ -300,7 +301,8 @@ def test_linstor_un_lifecycle_on_the_installed_frontend(lcloud: LinstorCloud, li
     the image imported by the installed DS stat/cp, deploy with a tweak qemu shows, a live disk
     snapshot, a VM snapshot created/reverted/deleted, suspend/resume through the save/restore
     scripts the patched -l list names (the checkpoint resource exists while suspended),
-    terminate and image delete; nothing leaks and only installed executables ran."""
+    stop/resume (the installed mv moves every resource to the front-end and back), a live
+    resize, terminate and image delete; nothing leaks and only installed executables ran."""
     cloud = lcloud
     vm_id = LINSTOR_VM_IDS[version]
     name = f"one-{vm_id}"
@@ -360,6 +362,24 @@ def test_linstor_un_lifecycle_on_the_installed_frontend(lcloud: LinstorCloud, li
         assert read_at(disk0, 19) == b"before the snapshot"
         assert [line.split()[0] for line in hooks_log.read_text().splitlines()] == [
             str(tm_dir / hook) for hook in HOOKS], "the overrides ran the installed tm/linstor_un hooks"
+
+        # -- stop/resume: SAVE, every resource to the front-end and back by the installed mv -----------
+        stop = fe.stop(vm_id)
+        assert stop.read_text().splitlines()[-1] == (
+            f"MV linstor_un {cloud.tm_path('node1', vm_id)} {cloud.tm_path(LS_FE, vm_id)} {vm_id} {LS_SYSTEM_DS}")
+        assert name not in virsh("list", "--all", "--name").stdout.split()
+        assert checkpoint in cloud.inv()
+        assert not any("node1" in cloud.placed(res) for res in cloud.inv()), "nothing stays on node1"
+        assert fe.resume(vm_id) == uuid == virsh("domuuid", name).stdout.strip()
+        assert checkpoint not in cloud.inv() and not cloud.vm_dir(LS_FE, vm_id).exists()
+        assert not any(LS_FE in cloud.placed(res) for res in cloud.inv()), "nothing stays on the front-end"
+        assert read_at(disk0, 19) == b"before the snapshot"
+
+        # -- live resize: the installed TM resize, then resize_disk's blockresize ------------------------
+        target = cloud.oned.vm(vm_id).findtext("TEMPLATE/DISK[DISK_ID='0']/TARGET", "")
+        fe.resize_disk(vm_id, 0, 2 * IMAGE_MB)
+        capacity = virsh("domblkinfo", name, target).stdout
+        assert f"Capacity:       {2 * IMAGE_MB * MiB}" in capacity, capacity
     finally:
         virsh("destroy", name, check=False)
 
@@ -370,10 +390,11 @@ def test_linstor_un_lifecycle_on_the_installed_frontend(lcloud: LinstorCloud, li
     assert all(cmd[0] == str(p) for cmd, p in zip(fe.commands, fe.executed, strict=True))
     ran = {str(p.relative_to(front.remotes)) for p in fe.executed}
     vmm = {f"vmm/kvm/{local[a]}" for a in ("DEPLOY", "SNAPSHOTCREATE", "SNAPSHOTREVERT", "SNAPSHOTDELETE", "SAVE",
-                                           "RESTORE")}
+                                           "RESTORE", "RESIZE_DISK")}
     assert vmm | {"datastore/linstor_un/stat", "datastore/linstor_un/cp", "datastore/linstor_un/rm",
                   "tm/linstor_un/clone", "tm/linstor_un/mkimage", "tm/linstor_un/context",
-                  "tm/linstor_un/snap_create_live", "tm/linstor_un/delete"} == ran
+                  "tm/linstor_un/snap_create_live", "tm/linstor_un/mv", "tm/linstor_un/resize",
+                  "tm/linstor_un/delete"} == ran
 
     inv = cloud.sim.inventory()
     assert inv["resource_definitions"] == {}
