@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from livevm import libvirtd, qmp, virsh
 from lxml import etree
-from scenario import links, ok, read_at, write_at
-from sim import oned as oned_sim
+from scenario import import_qcow2, links, ok, read_at, write_at
 from sim.frontend import Frontend
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
@@ -30,19 +29,6 @@ VM_ID = 7351
 IMAGE, DATABLOCK = 80, 81
 IMAGE_MB, DATABLOCK_MB = 32, 16
 MiB = 2**20
-
-
-def import_qcow2(cloud: Cloud, image_id: int, path: Path) -> str:
-    """oned's image create: LOCKED image, DS stat for the size, DS cp for the data, READY."""
-    img = cloud.make_image(image_id, size_mb=0, source="", state=oned_sim.IMAGE_LOCKED, name="qcow2-image")
-    img.find("PATH").text = str(path)  # type: ignore[union-attr]
-    size_mb = int(ok(cloud.run_ds("stat", cloud.ds_message(image_id), image_id)).strip())
-    img.find("SIZE").text = str(size_mb)  # type: ignore[union-attr]
-    source, fmt = ok(cloud.run_ds("cp", cloud.ds_message(image_id), image_id, timeout=300)).split()
-    img.find("SOURCE").text = source  # type: ignore[union-attr]
-    img.find("FORMAT").text = fmt  # type: ignore[union-attr]
-    img.find("STATE").text = str(oned_sim.IMAGE_READY)  # type: ignore[union-attr]
-    return source
 
 
 def tweaks(cloud: Cloud, *args: str) -> str:

@@ -25,9 +25,18 @@ import pytest
 from linstor_env import FE, IMAGE_DS, NVRAM_RULES, SYSTEM_DS, LinstorCloud, by_res, calls, lcloud
 from livevm import dumpxml, libvirtd, qemu_argv, qmp, virsh
 from lxml import etree
-from scenario import NVRAM_SIZE, OVMF_CODE, OVMF_VARS, links, nvram_store, ok, read_at, wait_nvram, write_at
+from scenario import (
+    NVRAM_SIZE,
+    OVMF_CODE,
+    OVMF_VARS,
+    import_qcow2,
+    links,
+    nvram_store,
+    read_at,
+    wait_nvram,
+    write_at,
+)
 from scenario import dev_link as device_link
-from sim import oned as oned_sim
 from sim.frontend import DriverFailed, Frontend
 from storage_env import sshd
 from test_live_firmware_cpu import boot_count, boot_entries
@@ -39,19 +48,6 @@ VM_ID = 7371                      # domain one-7371: no other test uses it
 IMAGE, DATABLOCK = 82, 83
 IMAGE_MB, DATABLOCK_MB = 32, 16
 STORAGE = {"stor1": False, "stor2": False}
-
-
-def import_qcow2(cloud: LinstorCloud, image_id: int, path: Path) -> str:
-    """oned's image create: LOCKED image, DS stat for the size, DS cp for the data, READY."""
-    img = cloud.make_image(image_id, size_mb=0, source="", state=oned_sim.IMAGE_LOCKED, name="qcow2-image")
-    img.find("PATH").text = str(path)  # type: ignore[union-attr]
-    size_mb = int(ok(cloud.run_ds("stat", cloud.ds_message(image_id), image_id)).strip())
-    img.find("SIZE").text = str(size_mb)  # type: ignore[union-attr]
-    source, fmt = ok(cloud.run_ds("cp", cloud.ds_message(image_id), image_id, timeout=300)).split()
-    img.find("SOURCE").text = source  # type: ignore[union-attr]
-    img.find("FORMAT").text = fmt  # type: ignore[union-attr]
-    img.find("STATE").text = str(oned_sim.IMAGE_READY)  # type: ignore[union-attr]
-    return source
 
 
 def vm_snapshots(cloud: LinstorCloud) -> dict[str, list[str]]:

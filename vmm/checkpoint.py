@@ -261,15 +261,24 @@ def _interpreter(path: str) -> list[str]:
     return [sys.executable, path] if first.startswith(b"#!") and b"python" in first else [path]
 
 
-def save(args: list[str], stdin: bytes) -> None:
-    call = parse_call(SAVE, args, stdin)
+def _block_call(kind: str, args: list[str], stdin: bytes) -> tuple[CheckpointCall, Hooks, hosts.Hypervisor] | None:
+    """The call, its driver's hooks and the host, when the system datastore is a block
+    driver; otherwise the stock script has run and there is nothing more to do (None)."""
+    call = parse_call(kind, args, stdin)
     config = Config.load()
     hooks = Hooks(call, remotes_dir())
     if not hooks.block:
         stock(config, call)
-        return
+        return None
     hooks.require()
-    hv = hosts.Hypervisor(config, call.host)
+    return call, hooks, hosts.Hypervisor(config, call.host)
+
+
+def save(args: list[str], stdin: bytes) -> None:
+    block = _block_call(SAVE, args, stdin)
+    if block is None:
+        return
+    call, hooks, hv = block
     hooks.run("presave")
     try:
         _save_domain(hv, call)
@@ -302,14 +311,10 @@ def _saved(hv: hosts.Hypervisor, call: CheckpointCall) -> bool | None:
 
 
 def restore(args: list[str], stdin: bytes) -> None:
-    call = parse_call(RESTORE, args, stdin)
-    config = Config.load()
-    hooks = Hooks(call, remotes_dir())
-    if not hooks.block:
-        stock(config, call)
+    block = _block_call(RESTORE, args, stdin)
+    if block is None:
         return
-    hooks.require()
-    hv = hosts.Hypervisor(config, call.host)
+    call, hooks, hv = block
     if hv.state(call.deploy_id) in LIVE_STATES:
         log.info(f"VM {call.vm_id}: {call.deploy_id} already runs on {call.host}: checkpoint no longer needed")
         hooks.run("postrestore")
