@@ -17,7 +17,7 @@ from . import registry, schema
 from .conditions import ConditionError, compile_condition
 from .errors import ParamError, TweakError
 from .loader import Problem, RuleSet
-from .rules import Call, Rule, needs, resolve
+from .rules import DEFAULT_MOMENTS, MOMENTS, Call, Rule, needs, resolve
 
 _Path = tuple[object, ...]
 _validators: dict[tuple[str, ...], Any] = {}
@@ -40,7 +40,12 @@ def _yaml_with_lines(text: str) -> tuple[Any, dict[_Path, int]]:
             if isinstance(n, yaml.MappingNode):
                 out: dict[Any, Any] = {}
                 for key_node, value_node in n.value:
-                    key = loader.construct_object(key_node, deep=True)
+                    # YAML 1.1 (PyYAML) reads a plain `on` as true; editors (YAML 1.2) and
+                    # the rule language read the word: `on: [migrate]` is the moments key.
+                    if isinstance(key_node, yaml.ScalarNode) and not key_node.style and key_node.value == "on":
+                        key: Any = "on"
+                    else:
+                        key = loader.construct_object(key_node, deep=True)
                     if not isinstance(key, (str, int, float, bool)) or key is None:
                         raise yaml.MarkedYAMLError(problem="mapping keys must be plain words",
                                                    problem_mark=key_node.start_mark)
@@ -106,11 +111,13 @@ def check_file(path: str, data_bytes: bytes) -> tuple[Rule | None, list[Problem]
         for err in sorted(_schema_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     ]
     if problems:
-        return _broken(path, rule_name or stem, problems[0].line, "", problems)
+        rule, problems = _broken(path, rule_name or stem, problems[0].line, "", problems)
+        rule.on = _moments(data)
+        return rule, problems
     rule = Rule(
         name=data["name"], file=path, line=lines.get((), 1),
         description=data.get("description", ""), enabled=data.get("enabled", True),
-        when=data.get("when"),
+        when=data.get("when"), on=_moments(data),
     )
     if rule.when is not None:
         try:
@@ -139,6 +146,16 @@ def check_file(path: str, data_bytes: bytes) -> tuple[Rule | None, list[Problem]
         rule.calls.append(call)
     rule.errors = [p.message for p in problems]
     return rule, problems
+
+
+def _moments(data: Any) -> list[str]:
+    """The rule's moments in the order written, once each. A broken rule keeps the ones it
+    names correctly so that only those moments warn about it; with none, deploy."""
+    raw = data.get("on") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        return list(DEFAULT_MOMENTS)
+    found = [m for m in dict.fromkeys(m for m in raw if isinstance(m, str)) if m in MOMENTS]
+    return found or list(DEFAULT_MOMENTS)
 
 
 def _schema_message(err: Any) -> str:

@@ -1,6 +1,7 @@
 """``one-tweaks``: the operator's command line.
 
     one-tweaks apply DOMAIN_XML --vm VM_XML [--rules DIR]... [-o OUT] [--explain] [--json]
+                     [--moment deploy|migrate|restore|hotplug] [--fact dest.NAME=VALUE]...
     one-tweaks check [--rules DIR]...
     one-tweaks schema
     one-tweaks list
@@ -47,6 +48,10 @@ def _parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", metavar="OUT", help="write the result to OUT (atomically) instead of stdout")
     a.add_argument("--explain", action="store_true", help="print what each rule did on stderr")
     a.add_argument("--json", action="store_true", help="print the report on stderr as JSON")
+    a.add_argument("--moment", default="deploy", metavar="MOMENT",
+                   help="run the rules for this moment: deploy (default), migrate, restore or hotplug")
+    a.add_argument("--fact", action="append", default=[], metavar="dest.NAME=VALUE",
+                   help="a fact about the moment, e.g. dest.host=node2 for a migration (repeatable)")
 
     c = sub.add_parser("check", help="validate rule files")
     c.add_argument("--rules", action="append", default=[], metavar="DIR", help=rules_help)
@@ -100,6 +105,8 @@ class ApplyArgs:
     output: str | None = None
     explain: bool = False
     json: bool = False
+    moment: str = "deploy"
+    fact: list[str] = field(default_factory=list)
 
 
 def fast_apply_args(argv: Sequence[str]) -> ApplyArgs | None:
@@ -115,12 +122,16 @@ def fast_apply_args(argv: Sequence[str]) -> ApplyArgs | None:
     for word in words:
         if word in ("--explain", "--json"):
             setattr(args, word[2:], True)
-        elif word in ("--vm", "--rules", "-o", "--output"):
+        elif word in ("--vm", "--rules", "-o", "--output", "--moment", "--fact"):
             value = next(words, None)
             if value is None or (value.startswith("-") and value != "-"):
                 return None
             if word == "--rules":
                 args.rules.append(value)
+            elif word == "--fact":
+                args.fact.append(value)
+            elif word == "--moment":
+                args.moment = value
             elif word == "--vm":
                 args.vm = value
             else:
@@ -139,10 +150,28 @@ def _stderr(line: str) -> None:
     sys.stderr.write(f"one-tweaks: {line}\n")
 
 
+def moment_facts(items: Sequence[str]) -> dict[str, str]:
+    """``--fact dest.NAME=VALUE`` items as a dict; TweakError names the bad one."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("dest.") or not name[5:] or not all(
+                c.islower() or c == "_" for c in name[5:]) or not name.isascii():
+            raise TweakError(f"--fact {item!r} is not dest.NAME=VALUE")
+        if not value.isprintable():
+            raise TweakError(f"--fact {name}: the value contains control characters")
+        out[name] = value
+    return out
+
+
 def cmd_apply(args: ApplyArgs | argparse.Namespace) -> int:
     from . import engine, loader
+    from .rules import MOMENTS
     from .validate import DomainSchema
 
+    if args.moment not in MOMENTS:
+        raise TweakError(f"--moment {args.moment!r} is not one of {', '.join(MOMENTS)}")
+    facts = moment_facts(args.fact)
     schema = DomainSchema()
 
     domain_data = _read(args.domain, "domain XML")
@@ -151,7 +180,8 @@ def cmd_apply(args: ApplyArgs | argparse.Namespace) -> int:
     domain = engine.parse_xml(domain_data, domain_name)
     vm = engine.parse_xml(vm_data, args.vm)
     ruleset = loader.load(args.rules)
-    outcome = engine.apply_rules(domain, vm, ruleset.rules, schema=schema, warn=_stderr)
+    outcome = engine.apply_rules(domain, vm, ruleset.rules, schema=schema, warn=_stderr,
+                                 moment=args.moment, moment_facts=facts)
     declaration = domain_data.lstrip().startswith(b"<?xml")
     data = engine.serialize(outcome.tree, declaration)
     if args.output:

@@ -183,7 +183,7 @@ def compile_condition(raw: object, path: Sequence[str | int] = ()) -> Condition:
     return Compare(check_fact_name(fact), op, operand, pattern)
 
 
-_FACT = re.compile(r"(vm|history|domain|disk|nic)\.[a-z_]+|(template|user)\.[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
+_FACT = re.compile(r"(vm|history|domain|dest|disk|nic)\.[a-z_]+|(template|user)\.[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
 
 
 def check_fact_name(name: str) -> str:

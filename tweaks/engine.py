@@ -9,17 +9,17 @@ on the rules.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from lxml import etree
 
 from . import registry
 from .errors import InputError, ParamError, TweakError
-from .facts import Facts, from_documents
+from .facts import MOMENT_PREFIXES, Facts, from_documents
 from .normalize import normalize
 from .record import record
 from .report import APPLIED, DISABLED, NOT_MATCHED, ROLLED_BACK, SKIPPED, UNCHANGED, Report, RuleResult
-from .rules import Rule, idle_reason, resolve
+from .rules import DEPLOY, MOMENTS, Rule, idle_reason, resolve
 from .tweak import Context
 from .validate import DomainSchema
 from .xmledit import Editor
@@ -61,8 +61,12 @@ def apply_rules(
     *,
     schema: DomainSchema | None = None,
     warn: Callable[[str], None] | None = None,
+    moment: str = DEPLOY,
+    moment_facts: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """Normalise, then apply ``rules`` in order; ``warn`` gets each warning line.
+    """Normalise, then apply the ``rules`` that run at ``moment`` in order; ``warn`` gets
+    each warning line. ``moment_facts`` are what the caller knows about the moment (the
+    ``dest.*`` facts of a migration); rules for other moments are reported, not run.
 
     Schema validation costs about a millisecond per call, so the rules first run with
     one validation at the end. Only if that finds an error the input did not have do
@@ -73,14 +77,20 @@ def apply_rules(
         raise InputError(f"domain XML: root element is <{domain.getroot().tag}>, not <domain>")
     if vm is not None and vm.getroot().tag != "VM":
         raise InputError(f"VM XML: root element is <{vm.getroot().tag}>, not <VM>")
+    if moment not in MOMENTS:
+        raise InputError(f"moment {moment!r} is not one of {', '.join(MOMENTS)}")
     schema = schema if schema is not None else DomainSchema()
     editor = Editor(domain)
     normalize(editor)
     facts = from_documents(vm.getroot() if vm is not None else None, domain.getroot())
+    for name, value in (moment_facts or {}).items():
+        if not name.startswith(MOMENT_PREFIXES):
+            raise InputError(f"fact {name!r} cannot be given for a moment (only {', '.join(MOMENT_PREFIXES)}*)")
+        facts.scalars[name] = value
     normalized = list(editor.changes)
     pristine = copy.deepcopy(domain.getroot())
 
-    report = _run(rules, facts, editor, None)
+    report = _run(rules, facts, editor, None, moment)
     if any(r.status == APPLIED for r in report.results):
         final = schema.errors(domain)
         if final is None:
@@ -88,18 +98,20 @@ def apply_rules(
             report.warnings.append(f"VM {facts.vm_id}: {schema.problem}")
         elif final and final - (schema.errors(_as_tree(copy.deepcopy(pristine))) or frozenset()):
             domain._setroot(pristine)
-            report = _run(rules, facts, editor, schema)
+            report = _run(rules, facts, editor, schema, moment)
             report.validation = "ok (rules checked one by one)"
         else:
             report.validation = "ok"
     report.normalized = normalized
+    report.moment = moment
     if warn is not None:
         for line in report.warnings:
             warn(line)
     return Outcome(domain, report, facts)
 
 
-def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSchema | None) -> Report:
+def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSchema | None,
+         moment: str = DEPLOY) -> Report:
     """One pass over the rules; with ``schema``, each rule must add no schema error."""
     domain = editor.tree
     report = Report(vm=facts.vm_id)
@@ -111,6 +123,10 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
     for rule in rules:
         result = RuleResult(rule.name, rule.file, UNCHANGED)
         report.results.append(result)
+        if not rule.runs_at(moment):
+            # Reported, not run: --explain shows that it exists for another moment.
+            result.status, result.reason = NOT_MATCHED, f"runs on {', '.join(rule.on)}, not on {moment}"
+            continue
         if rule.errors:
             result.status, result.reason = SKIPPED, "invalid rule file: " + "; ".join(rule.errors)
             warning(f"rule {rule.name}: skipped: {result.reason}")

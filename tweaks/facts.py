@@ -10,6 +10,10 @@ Names (see README "Facts"):
   disk.X  one value per disk (id target tm_mad datastore_id kind persistent disk_type
           type image_id clone source size); kind is image|volatile|context|cdrom
   nic.X   one value per NIC (id target model network bridge mac) ; domain.controllers
+  dest.host dest.address dest.cpu_features
+          the destination host of a migration (rules ``on: [migrate]``): its name, the
+          address it is reached at, and the CPU features its libvirt reports
+          (comma-separated); set by the caller, absent at other moments
 Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matches.
 """
 
@@ -23,7 +27,9 @@ from .record import field, record
 if TYPE_CHECKING:
     from lxml import etree
 
-SCALAR_PREFIXES = ("vm.", "template.", "user.", "history.", "domain.")
+SCALAR_PREFIXES = ("vm.", "template.", "user.", "history.", "domain.", "dest.")
+# Facts a caller gives for the moment (not read from the documents).
+MOMENT_PREFIXES = ("dest.",)
 LIST_PREFIXES = ("disk.", "nic.")
 _LIST_FACTS = frozenset({"domain.controllers"})
 

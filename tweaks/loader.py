@@ -25,7 +25,7 @@ from .rules import Rule
 
 DEFAULT_ETC_DIR = "/etc/one/tweaks.d"
 RULE_SUFFIXES = (".yaml", ".yml")
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: rules carry their moments (on:)
 
 try:  # the builtin sha256 avoids loading OpenSSL through hashlib on the hot path
     from _sha256 import sha256  # type: ignore[import-not-found]

@@ -33,9 +33,10 @@ class Report:
     results: list[RuleResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     validation: str = "not needed"
+    moment: str = "deploy"
 
     def as_dict(self) -> dict[str, object]:
-        return {"vm": self.vm, "validation": self.validation,
+        return {"vm": self.vm, "moment": self.moment, "validation": self.validation,
                 "normalized": [c.as_dict() for c in self.normalized],
                 "rules": [r.as_dict() for r in self.results], "warnings": self.warnings}
 
@@ -45,7 +46,8 @@ class Report:
         return json.dumps(self.as_dict(), indent=2)
 
     def to_text(self) -> str:
-        lines = [f"VM {self.vm}: schema validation: {self.validation}"]
+        at = "" if self.moment == "deploy" else f" ({self.moment})"
+        lines = [f"VM {self.vm}{at}: schema validation: {self.validation}"]
         if self.normalized:
             lines.append("normalized oned quirks:")
             lines.extend(f"  {c}" for c in self.normalized)

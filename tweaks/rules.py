@@ -5,6 +5,7 @@ A rule file holds one rule:
     name: iothreads
     description: Bind virtio disks and controllers to iothreads
     enabled: true               # optional; false (or an empty file) disables it
+    on: [deploy]                # optional: the moments it runs at (deploy, migrate, restore, hotplug)
     when: {present: user.T_X}   # optional; see tweaks.conditions
     tweaks:
       - iothreads:
@@ -27,6 +28,15 @@ from .facts import Facts, describe
 from .record import field, record
 from .tweak import ORIGIN_RULE, ORIGIN_TWEAK, ORIGIN_VM, Tweak
 
+# The moments of a VM's life at which rules can run. A rule without ``on`` runs at deploy
+# only: rules written before moments existed keep meaning what they meant.
+DEPLOY = "deploy"
+MIGRATE = "migrate"
+RESTORE = "restore"
+HOTPLUG = "hotplug"
+MOMENTS = (DEPLOY, MIGRATE, RESTORE, HOTPLUG)
+DEFAULT_MOMENTS = (DEPLOY,)
+
 
 @record
 class Call:
@@ -48,6 +58,7 @@ class Rule:
     when: dict[str, Any] | None = None
     calls: list[Call] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    on: list[str] = field(default_factory=lambda: list(DEFAULT_MOMENTS))
     _condition: Condition | None = None
 
     def condition(self) -> Condition | None:
@@ -55,12 +66,16 @@ class Rule:
             self._condition = compile_condition(self.when)
         return self._condition
 
+    def runs_at(self, moment: str) -> bool:
+        return moment in self.on
+
     # Cache form: plain data only, so it round-trips through marshal.
     def to_raw(self) -> dict[str, Any]:
         return {
             "name": self.name, "file": self.file, "line": self.line,
             "description": self.description, "enabled": self.enabled, "when": self.when,
             "calls": [[c.tweak, c.params, c.line, c.needs] for c in self.calls], "errors": self.errors,
+            "on": self.on,
         }
 
     @classmethod
@@ -69,6 +84,7 @@ class Rule:
             name=raw["name"], file=raw["file"], line=raw["line"],
             description=raw["description"], enabled=raw["enabled"], when=raw["when"],
             calls=[Call(t, p, ln, nd) for t, p, ln, nd in raw["calls"]], errors=list(raw["errors"]),
+            on=list(raw["on"]),
         )
 
 

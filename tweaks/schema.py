@@ -12,10 +12,11 @@ from typing import Any
 
 from . import registry
 from .conditions import COMPARATORS
+from .rules import MOMENTS
 
 SCHEMA_ID = "https://github.com/one-tweaks/one-tweaks/rules.schema.json"
-SCALAR_FACT = r"^(?:(?:vm|history|domain)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
-ANY_FACT = r"^(?:(?:vm|history|domain|disk|nic)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
+SCALAR_FACT = r"^(?:(?:vm|history|domain|dest)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
+ANY_FACT = r"^(?:(?:vm|history|domain|dest|disk|nic)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -95,6 +96,13 @@ def build() -> dict[str, Any]:
             "description": {"type": "string", "maxLength": 500},
             "enabled": {"type": "boolean"},
             "when": {"$ref": "#/$defs/condition"},
+            "on": {
+                "description": "the moments the rule runs at (default: [deploy])",
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"enum": list(MOMENTS)},
+            },
             "tweaks": {
                 "type": "array",
                 "minItems": 1,
