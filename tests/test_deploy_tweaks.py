@@ -22,6 +22,8 @@ from livevm import libvirtd, qmp, virsh
 from lxml import etree
 from storage_env import REPO, Cloud, cloud, sshd
 
+from tweaks import __version__, provenance
+
 FIXTURES = (cloud, sshd, libvirtd)
 DEPLOY = REPO / "vmm" / "kvm" / "deploy-tweaks"
 FAKE_UUID = "5f0c6e0a-8d3b-4d35-9c57-6a3d2f1e4242"
@@ -215,5 +217,10 @@ def test_deploy_starts_a_tweaked_vm_on_driver_made_block_devices(cloud: Cloud, l
         nodes = qmp(name, "query-named-block-nodes")
         assert {n["drv"] for n in nodes if n["file"].endswith(("disk.0", "disk.1"))} >= {"host_device"}
         assert json.dumps(nodes).count("host_device") >= 2
+        # provenance: the running domain says which rule files and tweaks made it (libvirt kept it)
+        stamp = provenance.read(live)
+        assert stamp is not None and stamp.version == __version__
+        assert stamp.changed_by()["iothreads"] == ["iothreads"]
+        assert "10-iothreads.yaml" in stamp.files()
     finally:
         virsh("destroy", name, check=False)

@@ -165,7 +165,7 @@ def moment_facts(items: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_apply(args: ApplyArgs | argparse.Namespace) -> int:
-    from . import engine, loader
+    from . import engine, loader, provenance
     from .rules import MOMENTS
     from .validate import DomainSchema
 
@@ -182,6 +182,7 @@ def cmd_apply(args: ApplyArgs | argparse.Namespace) -> int:
     ruleset = loader.load(args.rules)
     outcome = engine.apply_rules(domain, vm, ruleset.rules, schema=schema, warn=_stderr,
                                  moment=args.moment, moment_facts=facts)
+    provenance.stamp(outcome.tree.getroot(), outcome.report, ruleset.hashes)
     declaration = domain_data.lstrip().startswith(b"<?xml")
     data = engine.serialize(outcome.tree, declaration)
     if args.output:

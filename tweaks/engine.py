@@ -157,11 +157,15 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
         snapshot = copy.deepcopy(domain.getroot())
         editor.changes = []
         notes: list[str] = []
+        changed_by: list[str] = []
         try:
             for _, ctx in plans:
                 if ctx is not None:
+                    before = len(editor.changes)
                     registry.get(ctx.tweak).apply(ctx)
                     notes.extend(ctx.notes)
+                    if len(editor.changes) > before and ctx.tweak not in changed_by:
+                        changed_by.append(ctx.tweak)
         except ParamError as exc:
             domain._setroot(snapshot)
             result.status, result.reason = SKIPPED, exc.describe()
@@ -187,6 +191,7 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
             baseline = now
         result.status = APPLIED
         result.changes = editor.changes
+        result.tweaks = changed_by
     return report
 
 

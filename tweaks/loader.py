@@ -50,6 +50,8 @@ class RuleSet:
     rules: list[Rule] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     cache_note: str = ""
+    # (path, SHA-256 of the content) of every rule file in effect, in order (provenance)
+    hashes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def shipped_dir() -> str:
@@ -161,10 +163,16 @@ def _cache_write(path: str, key: str, rules: list[dict[str, Any]]) -> str:
     return ""
 
 
+def file_hashes(contents: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """(path, SHA-256 hex) of each rule file: what provenance records of the rules in effect."""
+    return [(path, str(sha256(data).hexdigest())) for path, data in contents]
+
+
 def load(extra_dirs: Sequence[str] = (), *, use_cache: bool = True) -> RuleSet:
     """The rules that apply, from the cache when it is current, else checked afresh."""
     files = collect(rule_dirs(extra_dirs))
     contents = _read_all(files)
+    hashes = file_hashes(contents)
     path = cache_path() if use_cache else None
     key = ""
     if path is not None:
@@ -172,12 +180,14 @@ def load(extra_dirs: Sequence[str] = (), *, use_cache: bool = True) -> RuleSet:
         cached = _cache_read(path, key)
         if cached is not None:
             try:
-                return RuleSet([Rule.from_raw(raw) for raw in cached], cache_note="rules from cache")
+                return RuleSet([Rule.from_raw(raw) for raw in cached], cache_note="rules from cache",
+                               hashes=hashes)
             except (KeyError, TypeError, ValueError):
                 pass  # a cache from a different layout: rebuild it
     from .checker import check_files  # slow path: PyYAML + jsonschema
 
     ruleset = check_files(contents)
+    ruleset.hashes = hashes
     if path is not None:
         ruleset.cache_note = _cache_write(path, key, [r.to_raw() for r in ruleset.rules])
     return ruleset

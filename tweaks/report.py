@@ -20,6 +20,8 @@ class RuleResult:
     status: str
     reason: str = ""
     changes: list[Change] = field(default_factory=list)
+    # the tweaks of the rule that changed the document (for provenance)
+    tweaks: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {"rule": self.name, "file": self.file, "status": self.status, "reason": self.reason,

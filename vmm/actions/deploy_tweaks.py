@@ -75,7 +75,7 @@ def run(req: VmmRequest) -> str:
 
 def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config) -> bytes:
     """The rules applied to oned's domain XML (warnings to the VM log and syslog)."""
-    from tweaks import engine, loader
+    from tweaks import engine, loader, provenance
     from tweaks.errors import TweakError
     from tweaks.validate import DomainSchema
 
@@ -83,8 +83,9 @@ def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config) -> 
     extra = config.get("TWEAKS_RULES_DIRS").split()
     try:
         domain = engine.parse_xml(domain_xml, "domain XML")
-        rules = loader.load(extra).rules
-        outcome = engine.apply_rules(domain, etree.ElementTree(vm), rules, schema=schema)
+        ruleset = loader.load(extra)
+        outcome = engine.apply_rules(domain, etree.ElementTree(vm), ruleset.rules, schema=schema)
+        provenance.stamp(outcome.tree.getroot(), outcome.report, ruleset.hashes)
     except TweakError as exc:
         # A broken rule set or unreadable input must not block the deploy: deploy untouched.
         log.vm_log(vm_id, f"deploy-tweaks: tweaks not applied: {exc}", severity="ERROR")
