@@ -117,7 +117,7 @@ def check_file(path: str, data_bytes: bytes) -> tuple[Rule | None, list[Problem]
     rule = Rule(
         name=data["name"], file=path, line=lines.get((), 1),
         description=data.get("description", ""), enabled=data.get("enabled", True),
-        when=data.get("when"), on=_moments(data),
+        when=data.get("when"), on=_moments(data), on_given=isinstance(data.get("on"), list),
     )
     if rule.when is not None:
         try:

@@ -59,6 +59,8 @@ class Rule:
     calls: list[Call] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     on: list[str] = field(default_factory=lambda: list(DEFAULT_MOMENTS))
+    # True when the file lists its moments (``on``); False when it runs at deploy by default
+    on_given: bool = False
     _condition: Condition | None = None
 
     def condition(self) -> Condition | None:
@@ -69,13 +71,19 @@ class Rule:
     def runs_at(self, moment: str) -> bool:
         return moment in self.on
 
+    def shapes_hotplug(self) -> bool:
+        """Its device-level tweaks shape a hot-plugged device: it lists ``hotplug``, or it
+        gives no ``on`` (a plain deploy rule), so a device attached later gets what it would
+        have got at deploy. A rule that lists its moments without hotplug stays out."""
+        return HOTPLUG in self.on or (not self.on_given and DEPLOY in self.on)
+
     # Cache form: plain data only, so it round-trips through marshal.
     def to_raw(self) -> dict[str, Any]:
         return {
             "name": self.name, "file": self.file, "line": self.line,
             "description": self.description, "enabled": self.enabled, "when": self.when,
             "calls": [[c.tweak, c.params, c.line, c.needs] for c in self.calls], "errors": self.errors,
-            "on": self.on,
+            "on": self.on, "on_given": self.on_given,
         }
 
     @classmethod
@@ -84,7 +92,7 @@ class Rule:
             name=raw["name"], file=raw["file"], line=raw["line"],
             description=raw["description"], enabled=raw["enabled"], when=raw["when"],
             calls=[Call(t, p, ln, nd) for t, p, ln, nd in raw["calls"]], errors=list(raw["errors"]),
-            on=list(raw["on"]),
+            on=list(raw["on"]), on_given=bool(raw.get("on_given", False)),
         )
 
 

@@ -65,6 +65,12 @@ class Tweak:
     # An operator-only tweak (e.g. raw XPath patches) never takes a value from a VM: its
     # parameters must be literals in the rule file.
     operator_only: ClassVar[bool] = False
+    # The device elements (``disk``, ``interface``, ``controller``) this tweak can shape on
+    # its own: given one new device inside the running domain, it decides for that device
+    # exactly as it would at deploy (iothread round-robin, queues bounded by vCPUs, ...)
+    # and changes nothing else the device needs. Tweaks that shape the domain as a whole
+    # leave it empty; they never run on a hot-plugged device.
+    fragments: ClassVar[tuple[str, ...]] = ()
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -14,6 +14,7 @@ from .scsi_queues import MAX_QUEUES, queue_count
 
 class BlkQueues(Tweak):
     summary = "virtio-blk disk queues (a number, or vcpu for one per vCPU)"
+    fragments = ("disk",)
     attributes = ("T_BLK_QUEUES",)
     params = (
         Int("queues", "queue count, or vcpu", minimum=1, maximum=MAX_QUEUES, words=("vcpu",)),

@@ -17,6 +17,7 @@ from ._disks import file_to_block, tm_mads_param
 
 class ContextBlock(Tweak):
     summary = "context CD-ROM on a listed system TM_MAD: type='file' -> type='block' (source dev)"
+    fragments = ("disk",)
     attributes = ()
     params = (tm_mads_param("system datastore TM_MAD names that keep the context ISO on a block device"),)
 

@@ -19,6 +19,7 @@ VALUES = {"cache": "none", "io": "native"}
 
 class ContextCache(Tweak):
     summary = "CD-ROM drives (file/block) get driver cache='none' io='native'"
+    fragments = ("disk",)
     attributes = ()
     params = ()
 

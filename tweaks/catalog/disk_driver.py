@@ -36,6 +36,7 @@ def native_io_conflict(cache: str | None, io: str | None) -> bool:
 
 class DiskDriver(Tweak):
     summary = "disk <driver> cache/io/discard for disks of listed TM_MADs"
+    fragments = ("disk",)
     attributes = ()
     params = (
         tm_mads_param(),

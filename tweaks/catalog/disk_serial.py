@@ -56,6 +56,7 @@ def serial_of(text: str) -> str:
 
 class DiskSerial(Tweak):
     summary = "<serial> for disks: md5 of VM/disk/image ids (yes) or of the source path (hashpath)"
+    fragments = ("disk",)
     attributes = ("T_DISKSERIAL",)
     params = (Mode("mode", "yes (ids), hashpath (source path) or no", choices=MODES),)
 

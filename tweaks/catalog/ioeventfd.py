@@ -18,6 +18,7 @@ from ..tweak import Context, Tweak
 
 class IOEventFD(Tweak):
     summary = "driver ioeventfd on/off for virtio disks and virtio-scsi controllers"
+    fragments = ("disk", "controller")
     attributes = ("T_IOEVENTFD",)
     params = (
         Bool("ioeventfd", "yes: ioeventfd='on', no: ioeventfd='off'"),

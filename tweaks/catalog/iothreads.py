@@ -17,6 +17,7 @@ MAX_IOTHREADS = 64
 
 class IOThreads(Tweak):
     summary = "<iothreads> count and binding of virtio disks / virtio-scsi controllers"
+    fragments = ("disk", "controller")
     attributes = ("T_IOTHREADS_OVERRIDE",)
     params = (
         Int("count", "number of iothreads (bounded by the vCPU count)", minimum=1, maximum=MAX_IOTHREADS),

@@ -40,6 +40,7 @@ def nic_id(interface: etree._Element) -> str | None:
 
 class NicQueues(Tweak):
     summary = "virtio-net queues per NIC (a number, or vcpu for one per vCPU), per-NIC overrides"
+    fragments = ("interface",)
     attributes = ("T_NIC_QUEUES", "T_NIC<id>_QUEUES")
     params = (
         Int("queues", "queue count for every virtio NIC, vcpu for one per vCPU, 0 for none",

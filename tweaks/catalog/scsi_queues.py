@@ -29,6 +29,7 @@ def queue_count(ctx: Context, name: str = "queues") -> int:
 
 class ScsiQueues(Tweak):
     summary = "virtio-scsi controller queues (a number, or vcpu for one per vCPU)"
+    fragments = ("controller",)
     attributes = ("T_SCSI_QUEUES",)
     params = (
         Int("queues", "queue count, or vcpu", minimum=1, maximum=MAX_QUEUES, words=("vcpu",)),

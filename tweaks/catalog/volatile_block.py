@@ -18,6 +18,7 @@ from ._disks import file_to_block, tm_mads_param
 
 class VolatileBlock(Tweak):
     summary = "volatile disks on listed TM_MADs: type='file' -> type='block' (source dev)"
+    fragments = ("disk",)
     attributes = ()
     params = (tm_mads_param("TM_MAD names whose volatile disks are block devices"),)
 
