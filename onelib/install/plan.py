@@ -62,6 +62,7 @@ VMM_OVERRIDES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("restore", ("restore",), "restore-tweaks"),
     ("migrate", ("migrate",), "migrate-tweaks"),
     ("attach_disk", ("attach_disk",), "attach_disk-tweaks"),
+    ("attach_nic", ("attach_nic",), "attach_nic-tweaks"),
     ("detach_disk", ("detach_disk",), "detach_disk-tweaks"),
     ("snapshotcreate", ("snapshot_create", "snapshotcreate"), "snapshot_create-tweaks"),
     ("snapshotrevert", ("snapshot_revert", "snapshotrevert"), "snapshot_revert-tweaks"),

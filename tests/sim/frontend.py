@@ -206,13 +206,14 @@ class Frontend:
     """oned's side of a VM's life on ``cloud`` (see the module doc)."""
 
     def __init__(self, cloud: Any, *, version: str = "6.10", paused: bool = True, hostname: str = "one-fe",
-                 kvm: bool | None = None, installed: InstalledFrontend | None = None) -> None:
+                 kvm: bool | None = None, installed: InstalledFrontend | None = None, nics: bool = False) -> None:
         if version not in ("6.10", "7.2"):
             raise ValueError(f"version {version!r}: 6.10 or 7.2")
         self.cloud, self.version, self.hostname = cloud, version, hostname
         self.kvm = Path("/dev/kvm").exists() if kvm is None else kvm
         self.repo = Path(__file__).resolve().parent.parent.parent
         self.installed = installed
+        self.nics = nics  # render the VM's NICs (give them unique TARGETs and no BRIDGE: type ethernet)
         self.transfers: list[Path] = []
         self.executed: list[Path] = []  # every driver executable run, in order
         self.commands: list[list[str]] = []  # and the command line of each (argv[0] first)
@@ -313,6 +314,8 @@ class Frontend:
                        f"<target dev='{ctx.findtext('TARGET')}' bus='{hd_bus}'/><readonly/>"
                        "<driver name='qemu' type='raw'/></disk>")
         out.append("\t\t<controller type='scsi' index='0' model='virtio-scsi'><driver queues='1'/></controller>")
+        for nic in tpl.iterfind("NIC") if self.nics else ():
+            out.append(self.render_nic(nic))
         if tpl.find("GRAPHICS") is not None:
             out.append(f"\t\t<graphics type='vnc' listen='127.0.0.1' port='{5900 + vm_id}'/>")
         out.append("\t</devices>")
@@ -332,6 +335,19 @@ class Frontend:
                 f"\t\t\t<one:stime>{vm.findtext('STIME')}</one:stime>", "\t\t</one:vm>", "\t</metadata>",
                 "</domain>", ""]
         return "\n".join(out).encode()
+
+    @staticmethod
+    def render_nic(nic: etree._Element) -> str:
+        """A NIC as LibVirtDriverKVM.cc writes it: type bridge with its source bridge, or
+        ethernet without one; mac, target, model, vhost queues from VIRTIO_QUEUES."""
+        bridge, model = nic.findtext("BRIDGE", ""), nic.findtext("MODEL", "")
+        queues = nic.findtext("VIRTIO_QUEUES", "")
+        return ("\t\t<interface type='" + ("bridge" if bridge else "ethernet") + "'>"
+                + (f"<source bridge='{bridge}'/>" if bridge else "")
+                + f"<mac address='{nic.findtext('MAC')}'/><target dev='{nic.findtext('TARGET')}'/>"
+                + (f"<model type='{model}'/>" if model else "")
+                + (f"<driver name='vhost' queues='{queues}'/>" if model == "virtio" and queues else "")
+                + "</interface>")
 
     # --- transfer files (TransferManager.cc, one_tm.rb) ------------------------------------------
 
@@ -448,6 +464,40 @@ class Frontend:
         self._set(vm_id, "STATE", oned_sim.VM_ACTIVE)
         self._set(vm_id, "LCM_STATE", oned_sim.LCM_RUNNING)
         return uuid
+
+    def attach_disk(self, vm_id: int, disk: etree._Element) -> None:
+        """ATTACHDISK: the DISK joins the template with ATTACH=YES, the TM CLONE/LN line makes
+        ``disk.N``, then ``attach_disk <deploy_id> <disk.N> <target> <index> <b64 msg> <vmid>
+        <host>`` (the message on stdin too); ATTACH goes once it worked."""
+        tpl = self.vm(vm_id).find("TEMPLATE")
+        assert tpl is not None
+        disks = tpl.findall("DISK")
+        (disks[-1].addnext if disks else tpl.append)(disk)
+        etree.SubElement(disk, "ATTACH").text = "YES"
+        disk_id, host = disk.findtext("DISK_ID", ""), self.host(vm_id)
+        tm, dst = disk.findtext("TM_MAD", ""), self._path(vm_id, disk_id)
+        source = disk.findtext("SOURCE", "")
+        verb = "CLONE" if disk.findtext("CLONE") == "YES" else "LN"
+        self.run_line(shlex.join([verb, tm, source if ":" in source else f"{self.hostname}:{source}", dst,
+                                  str(vm_id), disk.findtext("DATASTORE_ID", "")]))
+        msg = self.message(vm_id)
+        path = f"{self.system_dir(vm_id)}/disk.{disk_id}"
+        self.vmm_action("attach_disk", self.deploy_id(vm_id), path, disk.findtext("TARGET", ""), disk_id,
+                        base64.b64encode(msg).decode(), str(vm_id), host, stdin=msg)
+        disk.remove(disk.find("ATTACH"))  # type: ignore[arg-type]
+
+    def attach_nic(self, vm_id: int, nic: etree._Element) -> None:
+        """ATTACHNIC: the NIC joins the template with ATTACH=YES, then ``attach_nic <deploy_id>
+        <mac> <bridge> <model> <vn_mad> <target> <vmid> <host>`` (the message on stdin)."""
+        tpl = self.vm(vm_id).find("TEMPLATE")
+        assert tpl is not None
+        nics = tpl.findall("NIC")
+        (nics[-1].addnext if nics else tpl.append)(nic)
+        etree.SubElement(nic, "ATTACH").text = "YES"
+        self.vmm_action("attach_nic", self.deploy_id(vm_id), nic.findtext("MAC", ""), nic.findtext("BRIDGE", "-"),
+                        nic.findtext("MODEL", "-"), nic.findtext("VN_MAD", "-"), nic.findtext("TARGET", ""),
+                        str(vm_id), self.host(vm_id), stdin=self.message(vm_id))
+        nic.remove(nic.find("ATTACH"))  # type: ignore[arg-type]
 
     def _destroy(self, vm_id: int) -> None:
         """oned's cancel: ``virsh destroy`` on the host (a missing domain is fine)."""

@@ -33,6 +33,7 @@ from onelib.config import Config
 from onelib.errors import DriverError
 
 from .. import domain_ops as ops
+from .. import hotplug
 from ..entry import VmmRequest
 
 CACHE = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
@@ -84,9 +85,11 @@ def run(req: VmmRequest) -> str:
     for present in ops.live_disks(live):
         if ops.disk_target(present) == target:
             raise DriverError(f"target {target} of {deploy_id} is in use by {ops.disk_source(present) or 'a drive'}")
-    xml = disk_xml(disk, path, target, live, config, cdrom=cdrom,
-                   sd_bus=xmldoc.text(vm, "TEMPLATE/OS/SD_DISK_BUS").lower())
-    dom.virsh("attach-device", deploy_id, "/dev/stdin", "--live", input=xml)
+    el = disk_element(disk, path, target, live, config, cdrom=cdrom,
+                      sd_bus=xmldoc.text(vm, "TEMPLATE/OS/SD_DISK_BUS").lower(), vm=vm)
+    # the same rule files as deploy: the disk gets what it would have got deployed with the VM
+    el = hotplug.shape(el, live, vm, vm_id, config, "attach_disk-tweaks")
+    dom.virsh("attach-device", deploy_id, "/dev/stdin", "--live", input=etree.tostring(el))
     log.info(f"VM {vm_id}: disk {disk_id} attached as {target}")
     return ""
 
@@ -138,9 +141,10 @@ def _bus(target: str, live: etree._Element, sd_bus: str) -> str:
     raise DriverError(f"target {target}: no bus for it on KVM")
 
 
-def disk_xml(disk: etree._Element, path: str, target: str, live: etree._Element, config: Config, *,
-             cdrom: bool, sd_bus: str = "") -> bytes:
-    """The libvirt ``<disk type='block'>`` for the attached DISK."""
+def disk_element(disk: etree._Element, path: str, target: str, live: etree._Element, config: Config, *,
+                 cdrom: bool, sd_bus: str = "", vm: etree._Element | None = None) -> etree._Element:
+    """The libvirt ``<disk type='block'>`` for the attached DISK, as oned writes a disk into a
+    deployment file (plus the attach defaults of the configuration); the rules come after."""
     el = etree.Element("disk", type="block", device="cdrom" if cdrom else "disk")
     cache = _choice(disk, "CACHE", config, CACHE, "none")
     io = _choice(disk, "IO", config, IO, "native" if cache in ("none", "directsync") else "")
@@ -157,6 +161,10 @@ def disk_xml(disk: etree._Element, path: str, target: str, live: etree._Element,
         if not iothread.isdigit() or not threads.isdigit() or not 1 <= int(iothread) <= int(threads):
             raise DriverError(f"disk IOTHREAD={iothread!r} is not an iothread of the domain")
         driver.set("iothread", iothread)
+    elif bus == "virtio" and vm is not None:
+        robin = _oned_iothread(vm, disk)
+        if robin is not None:
+            driver.set("iothread", robin)
     etree.SubElement(el, "source", dev=path)
     etree.SubElement(el, "target", dev=target, bus=bus)
     if cdrom or xmldoc.text(disk, "READONLY").lower() in TRUE:
@@ -178,4 +186,24 @@ def disk_xml(disk: etree._Element, path: str, target: str, live: etree._Element,
         if tune is None:
             tune = etree.SubElement(el, "iotune")
         etree.SubElement(tune, attr.lower()).text = value
-    return etree.tostring(el)
+    return el
+
+
+def _oned_iothread(vm: etree._Element, attached: etree._Element) -> str | None:
+    """The iothread oned gives a virtio disk at deploy when FEATURES/IOTHREADS is set and the
+    disk names none: round-robin over the virtio disks (in template order) that name no
+    iothread of their own."""
+    count = xmldoc.text(vm, "TEMPLATE/FEATURES/IOTHREADS")
+    if not count.isdigit() or int(count) < 1:
+        return None
+    threads = int(count)
+    robin = 1
+    for disk in vm.iterfind("TEMPLATE/DISK"):
+        if disk is attached:
+            return str(robin)
+        if not xmldoc.text(disk, "TARGET").startswith("vd"):
+            continue
+        own = xmldoc.text(disk, "IOTHREAD")
+        if not (own.isdigit() and 1 <= int(own) <= threads):
+            robin = robin % threads + 1
+    return None
