@@ -18,7 +18,8 @@ is not free), bus ``sata`` on q35 machines and ``ide`` otherwise (as oned does f
 file|block, default block) is the drive type; the add-on ignored its global default
 for it (a bug), here the rule's default and the VM attribute both apply.
 ``max`` (the add-on's MAX_CDROM_DEVICES, default 4) is the operator's cap: a larger
-count skips the rule. When fewer targets are free than needed, the free ones are used.
+count gets ``max`` drives (as the add-on did), and --explain says so. When fewer targets
+are free than needed, the free ones are used.
 Note: the add-on counted all CD-ROM drives (context and image ones too) against the
 count; here only empty drives count. libvirt 9.0 stores an empty ``type='block'`` drive
 as ``type='file'``, so inserting a block device into it needs ``virsh change-media
@@ -51,7 +52,8 @@ class PersistentCdrom(Tweak):
     summary = "empty CD-ROM drives on free hda..hdd (sata on q35, else ide)"
     attributes = ("T_PERSISTENT_CDROM", "T_PERSISTENT_CDROM_TYPE")
     params = (
-        Int("count", "empty CD-ROM drives the VM must have", minimum=0, maximum=MAX_DRIVES),
+        # a count above the cap is clamped to it (the add-on did), so it is not refused by the type
+        Int("count", "empty CD-ROM drives the VM must have (more than max: max)", minimum=0, maximum=255),
         Choice("type", "drive type for new drives", default="block", choices=("block", "file")),
         Int("max", "operator cap on count", default=MAX_DRIVES, minimum=0, maximum=MAX_DRIVES),
     )
@@ -60,7 +62,8 @@ class PersistentCdrom(Tweak):
         count: int = ctx.params["count"]
         cap: int = ctx.params["max"]
         if count > cap:
-            raise ctx.reject("count", f"more than {cap} CD-ROM drives")
+            ctx.note(f"{count} CD-ROM drives asked for, {cap} (the most allowed) added")
+            count = cap
         root = ctx.root
         os_type = root.find("os/type")
         arch = os_type.get("arch") if os_type is not None else None

@@ -46,6 +46,8 @@ def parse_tseg(text: str) -> tuple[int, str]:
     """``N[:unit=U]`` -> (N, canonical unit)."""
     head, colon, tail = text.partition(":")
     head = head.strip()
+    if not head and colon:
+        head = "0"  # ":unit=MiB" is a size of 0, as addon-storpool's feature_smm.py reads it
     if not _NUMBER.fullmatch(head):
         raise ParamError("size is not a whole number")
     unit = "MiB"

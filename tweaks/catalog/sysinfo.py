@@ -83,9 +83,11 @@ def section_parser(section: str) -> Callable[[str], dict[str, str]]:
             if not item.strip():
                 continue
             key, eq, raw = item.partition("=")
+            if not eq:
+                key, eq, raw = item.partition(":")  # addon-storpool also took key:value
             key = key.strip().lower()
             if not eq:
-                raise ParamError(f"item {item[:32]!r} is not key=value")
+                raise ParamError(f"item {item[:32]!r} is not key=value (or key:value)")
             if key not in keys:
                 raise ParamError(f"unknown {section} key {key[:32]!r} (known: {', '.join(keys)})")
             if key in result:
