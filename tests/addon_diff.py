@@ -173,7 +173,12 @@ def _parse(xml: bytes) -> etree._Element:
     return etree.fromstring(xml, parser)
 
 
+PROVENANCE = "{urn:one-tweaks:provenance:1}provenance"
+
+
 def _libvirt_spellings(root: etree._Element) -> None:
+    for record in root.iterfind(f"metadata/{PROVENANCE}"):
+        record.getparent().remove(record)  # our own record of the rules that ran: opaque to libvirt
     for tag in ("memory", "currentMemory", "maxMemory"):
         el = root.find(tag)
         if el is not None and el.get("unit") in (None, "KiB", "k"):
