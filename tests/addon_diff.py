@@ -109,7 +109,7 @@ def run_addon(domain: bytes, vm: bytes, scripts: Iterable[str], workdir: Path) -
 @dataclass
 class OursRun:
     xml: bytes
-    stderr: str
+    stderr: str  # warnings and the --explain report
 
 
 def run_ours(domain: bytes, vm: bytes, overlays: Sequence[Path], workdir: Path, *, process: bool = False) -> OursRun:
@@ -121,7 +121,7 @@ def run_ours(domain: bytes, vm: bytes, overlays: Sequence[Path], workdir: Path, 
     out = workdir / "ours-out.xml"
     etc = workdir / "etc-empty"
     etc.mkdir(exist_ok=True)
-    args = [sys.executable, "-m", "tweaks", "apply", str(dom), "--vm", str(vmf), "-o", str(out)]
+    args = [sys.executable, "-m", "tweaks", "apply", str(dom), "--vm", str(vmf), "-o", str(out), "--explain"]
     for d in overlays:
         args += ["--rules", str(d)]
     env = {"ONE_TWEAKS_RULES_DIR": str(etc)}
