@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import shlex
 import shutil
 import socket
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from livevm import kvm_available, libvirtd, virsh
+from livevm import host_cpu_flags, kvm_available, libvirtd, virsh
 from lxml import etree
 from storage_env import REPO, SSHD, SYSTEM_DS, Cloud, Sshd, cloud, sshd
 
@@ -52,6 +53,9 @@ while [ "$#" -ge 2 ]; do mount --bind "$1" "$2"; shift 2; done
 exec /usr/sbin/libvirtd -p "$1"
 """
 START_TIMEOUT = 60.0
+# Domain names carry this process's id: a teardown destroys only this session's domains on
+# the libvirtd that other sessions share.
+NAME_PREFIX = f"one-tweaks-mig-{os.getpid()}-"
 
 
 # --- the second host ---------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def hosts(cloud: Cloud, second_host: SecondHost) -> Iterator[SecondHost]:
     yield second_host
     second_host.destroy_all()
     for name in virsh("list", "--name", check=False).stdout.split():
-        if name.startswith("one-tweaks-migr-"):
+        if name.startswith(NAME_PREFIX):
             virsh("destroy", name, check=False, timeout=120)
 
 
@@ -292,7 +296,7 @@ def test_live_migration_to_another_libvirt_host_and_back(cloud: Cloud, hosts: Se
     cloud.make_vm(vm_id, disks=[{"image": 7, "size": 16}], context=False, template={"MEMORY": 128})
     proc = cloud.run_tm("clone", "one-fe:one-img-7", cloud.tm_path("node1", vm_id, 0), str(vm_id), "100")
     assert proc.returncode == 0, proc.stderr.decode()
-    name, dom_uuid = f"one-tweaks-migr-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     node1_dir, node2_dir = str(cloud.vm_dir("node1", vm_id)), str(cloud.vm_dir("node2", vm_id))
     disk = (f"<disk type='block' device='disk'><source dev='{node1_dir}/disk.0'/><target dev='vda' bus='virtio'/>"
             "<driver name='qemu' type='raw' cache='none' io='native'/></disk>")
@@ -351,7 +355,7 @@ def test_unsafe_only_when_every_disk_has_cache_none(cloud: Cloud, hosts: SecondH
     image = tmp_path / "disk.img"
     with open(image, "wb") as fh:
         fh.truncate(16 * 2**20)
-    name, dom_uuid = f"one-tweaks-migr-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     start(tmp_path / "dom.xml", domain_xml(name, dom_uuid, [CACHED_DISK.format(path=image, cache=cache), EMPTY_CDROM]))
     proc = migrate(cloud, vm_id, dom_uuid, "node1", "node2")
     (line,) = migrate_lines(cloud, "node1")
@@ -410,3 +414,81 @@ def test_the_unsafe_decision_reads_every_disk() -> None:
     for disk in disks:
         disk.getparent().remove(disk)
     assert uncached(fixture), "no disk, nothing unsafe"
+
+
+# --- migrate rules -----------------------------------------------------------------------------
+
+MISSING_FEATURE_CANDIDATES = ("avx512f", "avx512vl", "la57", "amx-tile", "svm", "vmx")
+
+
+def missing_cpu_feature() -> str:
+    """A CPU feature libvirt knows that this machine (so both test hosts) lacks."""
+    flags = host_cpu_flags()
+    found = next((f for f in MISSING_FEATURE_CANDIDATES if f.replace("-", "_") not in flags), None)
+    assert found is not None, f"this CPU has every one of {MISSING_FEATURE_CANDIDATES}"
+    return found
+
+
+def snapshot_metadata(name: str, directory: Path) -> None:
+    """A libvirt snapshot of the running domain that exists as metadata only (--redefine):
+    libvirt refuses to migrate a domain that has any."""
+    live = virsh("dumpxml", "--inactive", name).stdout
+    path = directory / "snapshot.xml"
+    path.write_text(f"<domainsnapshot><name>before-upgrade</name><state>running</state>"
+                    f"<creationTime>1700000000</creationTime><memory snapshot='no'/>{live}</domainsnapshot>")
+    virsh("snapshot-create", name, str(path), "--redefine")
+    assert virsh("snapshot-list", name, "--name").stdout.split() == ["before-upgrade"]
+
+
+def test_migrate_rules_shape_the_destination_domain(cloud: Cloud, hosts: SecondHost, tmp_path: Path) -> None:
+    """The shipped migrate rules on a real live migration from node1 to node2: graphics that
+    listened on node1's address (127.0.0.2) listen on the address node2 is reached at
+    (127.0.0.1), the iothreads are dropped because the VM asks (T_MIGRATE_IOTHREADS_DROP),
+    libvirt's snapshot metadata is removed first, and the guest clock sync is tried after.
+    The CPU rule removes the feature node2 lacks; libvirt refuses to change a running guest's
+    CPU, so that rule alone is rolled back, with libvirt's reason in the VM log."""
+    vm_id = 4406
+    cloud.make_vm(vm_id, disks=[], context=False, template={"MEMORY": 128}, user={"T_MIGRATE_IOTHREADS_DROP": "YES"})
+    feature = missing_cpu_feature()
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as fh:
+        fh.truncate(16 * 2**20)
+    name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    disk = (f"<disk type='file' device='disk'><source file='{image}'/><target dev='vda' bus='virtio'/>"
+            "<driver name='qemu' type='raw' cache='none' iothread='1'/></disk>"
+            "<graphics type='vnc' autoport='yes' listen='127.0.0.2'><listen type='address' address='127.0.0.2'/>"
+            "</graphics>")
+    xml = domain_xml(name, dom_uuid, [disk]).replace(b"<vcpu>1</vcpu>", b"<vcpu>1</vcpu><iothreads>1</iothreads>")
+    if kvm_available():
+        xml = xml.replace(b"<feature policy='disable' name='arch-capabilities'/>",
+                          b"<feature policy='disable' name='arch-capabilities'/>"
+                          + f"<feature policy='disable' name='{feature}'/>".encode())
+    else:
+        xml = xml.replace(b"<devices>", f"<cpu mode='custom' match='exact'><model>qemu64</model>"
+                                        f"<feature policy='disable' name='{feature}'/></cpu><devices>".encode())
+    start(tmp_path / "dom.xml", xml)
+    snapshot_metadata(name, tmp_path)
+
+    proc = migrate(cloud, vm_id, dom_uuid, "node1", "node2")
+    assert proc.returncode == 0, proc.stderr.decode()
+    log = proc.stderr.decode()
+    assert hosts.state(name) == "running"
+    assert virsh("domstate", name, check=False).returncode != 0, "the domain left node1"
+
+    moved = etree.fromstring(hosts.virsh("dumpxml", name).stdout.encode())
+    graphics = moved.find("devices/graphics")
+    assert graphics.get("listen") == "127.0.0.1" and graphics.find("listen").get("address") == "127.0.0.1"
+    assert moved.find("iothreads") is None, "iothreads dropped"
+    assert moved.find("devices/disk/driver").get("iothread") is None
+    assert moved.find(f"cpu/feature[@name='{feature}']") is not None, "libvirt kept the running guest's CPU"
+    assert f"INFO: {vm_id} migrate-tweaks: libvirt snapshot metadata removed before migrating: before-upgrade" in log
+    assert (f"INFO: {vm_id} migrate-tweaks: rule migrate-cpu-features rolled back: libvirt refused its change: "
+            "error: unsupported configuration: Target CPU feature count") in log, log
+    assert f"INFO: {vm_id} migrate-tweaks: migrate rules applied: migrate-graphics-listen, migrate-iothreads-drop" \
+        in log, log
+
+    (line,) = migrate_lines(cloud, "node1")[-1:]
+    assert "--xml" in shlex.split(line)
+    node2 = [cmd for h, cmd in cloud.ssh_commands() if h == "node2"]
+    assert any(shlex.split(cmd)[3:] == ["domtime", dom_uuid, "--sync"] for cmd in node2), node2
+    assert any("hypervisor-cpu-baseline" in cmd for cmd in node2), "node2's CPU features were asked for"

@@ -15,10 +15,17 @@ the host cache off nothing is lost, with any other cache mode the refusal stands
 known-issues workaround). An ``--unsafe`` in MIGRATE_OPTIONS is dropped: the decision is
 made here.
 
-When the destination's VM directory (DISK_TARGET_PATH) differs from the one the domain was
-started in (its ``one:system_datastore`` metadata; hosts with their own DATASTORE_LOCATION),
-the migratable XML with those paths moved is given with ``--xml``. libvirt snapshots are not
-carried over (the VM snapshot overrides do not make them).
+The destination XML (``--xml``) is the running domain's migratable XML (``virsh dumpxml
+--migratable`` on the source) with the VM directory moved when the destination's
+(DISK_TARGET_PATH) differs from the one the domain was started in (its
+``one:system_datastore`` metadata; hosts with their own DATASTORE_LOCATION), and the
+``on: [migrate]`` rules applied with facts about the destination (``dest.host``,
+``dest.address``, ``dest.cpu_features``; see ``vmm.migrate_rules``). When libvirt refuses
+a rule's change for the running guest, that rule is rolled back and the migration goes
+ahead without it (a VM log line says so). libvirt's snapshot metadata, which makes libvirt
+refuse a migration, is removed first (the snapshots' data stays; our VM snapshot overrides
+make none); after the move the guest clock is synced (``virsh domtime --sync``; a guest
+without the agent keeps its clock and the migration still counts as done).
 
 Re-runnable: when the domain is no longer on the source but runs on the destination (a
 migration whose reply was lost), nothing is done; a ``virsh migrate`` that fails although
@@ -35,6 +42,7 @@ from onelib.errors import DriverError
 from onelib.paths import check_host, clean_path
 
 from .. import host as hosts
+from .. import migrate_host, migrate_rules
 from ..checkpoint import LIVE_STATES
 from ..entry import VmmRequest
 
@@ -65,13 +73,42 @@ def run(req: VmmRequest) -> None:
     unsafe = uncached(live)
     dst_uri = hosts.uri(config.get("MIGRATE_URI") or hosts.DEFAULT_MIGRATE_URI, dst, "MIGRATE_URI")
     extra = [o for o in hosts.options(config.get("MIGRATE_OPTIONS"), "MIGRATE_OPTIONS") if o != "--unsafe"]
-    xml = _relocated(source, domain, live, _target_dir(message))
-    argv = ["migrate", "--live", *extra, *(["--unsafe"] if unsafe else []),
-            *(["--xml", "/dev/stdin"] if xml is not None else []), domain, dst_uri]
-    proc = source.virsh(*argv, input=xml, check=False, long=True)
-    if proc.returncode != 0 and not _arrived(config, source, dst, domain):
-        raise DriverError(f"{src}: virsh migrate failed: {hosts.last_line(proc.stderr)}")
+    dest = hosts.Hypervisor(config, dst)
+    vm_doc = message.find("VM") if message is not None else None
+    plan = migrate_rules.prepare(config, source, dst, domain, live, _target_dir(message), vm_doc,
+                                 lambda name, virt: _dest_fact(dest, name, virt))
+    xml = plan.xml()
+    for warning in plan.warnings:
+        log.vm_log(vm, f"migrate-tweaks: {warning}")
+    dropped = migrate_host.drop_snapshot_metadata(source, domain)
+    if dropped:
+        log.vm_log(vm, f"migrate-tweaks: libvirt snapshot metadata removed before migrating: {', '.join(dropped)}")
+    rolled_back: list[str] = []
+    while True:
+        argv = ["migrate", "--live", *extra, *(["--unsafe"] if unsafe else []),
+                *(["--xml", "/dev/stdin"] if xml is not None else []), domain, dst_uri]
+        proc = source.virsh(*argv, input=xml, check=False, long=True)
+        if proc.returncode == 0 or _arrived(config, source, dst, domain):
+            break
+        reason = hosts.last_line(proc.stderr)
+        culprit = plan.culprit(reason) if source.state(domain) is not None else None
+        if culprit is None:
+            raise DriverError(f"{src}: virsh migrate failed: {reason}")
+        rolled_back.append(culprit)
+        log.vm_log(vm, f"migrate-tweaks: rule {culprit} rolled back: libvirt refused its change: {reason}")
+        xml = plan.xml(rolled_back)
+    if plan.applied:
+        log.vm_log(vm, f"migrate-tweaks: migrate rules applied: {', '.join(plan.applied)}")
     log.info(f"VM {vm}: {domain} migrated live from {src} to {dst}{' with --unsafe' if unsafe else ''}")
+    not_synced = migrate_host.sync_time(dest, domain)
+    if not_synced:
+        log.info(f"VM {vm}: guest clock not synced on {dst}: {not_synced}")
+
+
+def _dest_fact(dest: hosts.Hypervisor, name: str, virt_type: str) -> str:
+    if name == "dest.address":
+        return migrate_host.address(dest)
+    return ",".join(migrate_host.cpu_features(dest, virt_type))
 
 
 def _arrived(config: Config, source: hosts.Hypervisor, dst: str, domain: str) -> bool:
@@ -108,16 +145,3 @@ def _message(req: VmmRequest, vm: int) -> etree._Element | None:
 def _target_dir(message: etree._Element | None) -> str:
     raw = xmldoc.text(message, "DISK_TARGET_PATH") if message is not None else ""
     return clean_path(raw, "DISK_TARGET_PATH").rstrip("/") if raw else ""
-
-
-def _relocated(source: hosts.Hypervisor, domain: str, live: etree._Element, target: str) -> bytes | None:
-    """The migratable domain XML with the VM directory moved to ``target``, or None when
-    nothing moves."""
-    current = hosts.system_dir(live)
-    if not target or not current or current == target:
-        return None
-    migratable = source.dumpxml(domain, migratable=True)
-    if not hosts.relocate(migratable, current, target):
-        return None
-    log.info(f"{domain}: VM directory {current} becomes {target} on the destination")
-    return etree.tostring(migratable)
