@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DOMAIN_RNG, deployment, vm_xml, write_rule
+from lxml import etree
 
 from tweaks import engine, loader
 from tweaks.catalog.cpu_features_available import parse_names
@@ -60,6 +61,8 @@ def checked(assert_valid, domain: bytes, user: Mapping[str, str] | None = None, 
     return outcome
 
 
+# The tweaks only the migrate rules use: a deploy never imports them.
+MIGRATE_TWEAKS = frozenset({"graphics_listen", "cpu_features_available", "iothreads_drop"})
 FACTS = {"dest.host": "node2", "dest.address": "10.2.2.2", "dest.cpu_features": OFFERED}
 
 
@@ -202,6 +205,7 @@ def test_the_deploy_path_imports_no_migration_code(tmp_path: Path) -> None:
 
     code = f"""
 import sys
+MIGRATE_TWEAKS = {sorted(MIGRATE_TWEAKS)!r}
 from lxml import etree
 from onelib.config import Config
 from vmm.actions import deploy_tweaks
@@ -209,8 +213,34 @@ vm = etree.fromstring(open({str(Path(__file__).parent / "fixtures/opennebula/vm-
 domain = open({str(Path(__file__).parent / "fixtures/opennebula/deployment.0.xml")!r}, "rb").read()
 out = deploy_tweaks.tweak(domain, vm, 42, Config({{}}))
 assert out.startswith(b"<domain"), out[:80]
-print(sorted(m for m in sys.modules if "migrat" in m))
+print(sorted(m for m in sys.modules if "migrat" in m or m.split(".")[-1] in MIGRATE_TWEAKS))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    for _ in range(2):  # the first run checks the rule files (every tweak) and fills the rule cache
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", "a deploy with the rules cached"
+
+
+def test_destination_picks_the_rule_libvirt_refuses() -> None:
+    """vmm.migrate_rules without hosts: the rules' XML, and which rule a refusal from
+    libvirt's check against the running guest rolls back (the one its reason is about)."""
+    from vmm.migrate_rules import Destination
+
+    base = etree.fromstring(migratable())
+    rules = [r for r in loader.load([]).rules if r.runs_at("migrate")]
+    vm = etree.fromstring(vm_xml({"T_MIGRATE_IOTHREADS_DROP": "yes"}))
+    plan = Destination(base, False, vm, rules, FACTS)
+    xml = plan.xml()
+    assert xml is not None and b"10.2.2.2" in xml and b"avx512f" not in xml
+    assert plan.applied == ["migrate-graphics-listen", "migrate-cpu-features", "migrate-iothreads-drop"]
+    cpu = "error: unsupported configuration: Target CPU feature count 2 does not match source 3"
+    assert plan.culprit(cpu) == "migrate-cpu-features"
+    assert plan.culprit("error: unsupported configuration: Disk iothread '1' not defined in iothreadid") == (
+        "migrate-iothreads-drop")
+    assert plan.culprit("error: unsupported configuration: something else") == "migrate-iothreads-drop", "the last"
+    assert plan.culprit("error: operation failed: Failed to connect socket") is None, "not about the XML"
+    again = plan.xml(["migrate-cpu-features"])
+    assert again is not None and b"avx512f" in again and b"10.2.2.2" in again
+    assert plan.applied == ["migrate-graphics-listen", "migrate-iothreads-drop"]
+    assert Destination(base, False, None, [], {}).xml() is None, "nothing to change: no --xml"
+    assert Destination(base, True, None, [], {}).xml() is not None, "the VM directory moved: --xml"
