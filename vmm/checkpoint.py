@@ -57,6 +57,7 @@ from onelib.paths import check_host, clean_path
 from tweaks.record import record
 
 from . import host as hosts
+from . import rulecheck
 
 SAVE, RESTORE = "save", "restore"
 MAGIC = b"LibvirtQemudSave"
@@ -335,6 +336,8 @@ def _restore_domain(hv: hosts.Hypervisor, call: CheckpointCall) -> None:
         what = "an incomplete libvirt save image" if head == PARTIAL else "no libvirt save image"
         raise DriverError(f"checkpoint {call.file} on {call.host} holds {what}")
     image = xmldoc.parse(hv.virsh("save-image-dumpxml", call.file).stdout, f"domain in {call.file}")
+    # the saved domain against today's rules: a warning line, never a failure
+    rulecheck.warn_if_differs(image, call.vm, call.vm_id, "restore-tweaks")
     xml = None
     new_dir = posixpath.dirname(call.file)
     if hosts.relocate(image, hosts.system_dir(image), new_dir):

@@ -217,6 +217,7 @@ class Frontend:
         self.transfers: list[Path] = []
         self.executed: list[Path] = []  # every driver executable run, in order
         self.commands: list[list[str]] = []  # and the command line of each (argv[0] first)
+        self.stderr: list[tuple[str, bytes]] = []  # (what, stderr) of each: VM log lines
         remotes = cloud.root / "remotes"
         script = remotes / "vmm" / "kvm" / "deploy"
         script.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +275,7 @@ class Frontend:
         self.commands.append(command)
         proc = subprocess.run(command, input=stdin, capture_output=True, env=self.cloud.env, cwd=self.cloud.home,
                               timeout=timeout, check=False)
+        self.stderr.append((what, proc.stderr))
         return _ok(proc, what)
 
     # --- the deployment file (LibVirtDriverKVM.cc) ------------------------------------------------
