@@ -348,7 +348,8 @@ def test_unsafe_only_when_every_disk_has_cache_none(cloud: Cloud, hosts: SecondH
     """A file disk on a local file system: libvirt migrates it only with --unsafe. With
     cache='none' the override adds it and the guest moves; with writeback it does not (not
     even when MIGRATE_OPTIONS asks for it) and libvirt's refusal is the one-line error. The
-    empty CD-ROM (no cache attribute) does not count."""
+    empty CD-ROM (no cache attribute) does not count. The domain has libvirt snapshot
+    metadata: removed for the migration, and back when the migration fails."""
     cloud.configure(MIGRATE_OPTIONS="--unsafe --migrateuri tcp://127.0.0.1")
     vm_id = 4402
     cloud.make_vm(vm_id, disks=[], context=False, template={"MEMORY": 128})
@@ -357,6 +358,7 @@ def test_unsafe_only_when_every_disk_has_cache_none(cloud: Cloud, hosts: SecondH
         fh.truncate(16 * 2**20)
     name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     start(tmp_path / "dom.xml", domain_xml(name, dom_uuid, [CACHED_DISK.format(path=image, cache=cache), EMPTY_CDROM]))
+    snapshot_metadata(name, tmp_path)
     proc = migrate(cloud, vm_id, dom_uuid, "node1", "node2")
     (line,) = migrate_lines(cloud, "node1")
     argv = shlex.split(line)
@@ -368,10 +370,15 @@ def test_unsafe_only_when_every_disk_has_cache_none(cloud: Cloud, hosts: SecondH
         assert hosts.state(name) == "running"
         assert virsh("domstate", name, check=False).returncode != 0
     else:
-        one_line(proc, "node1: virsh migrate failed", "Unsafe migration")
+        failure = [ln for ln in proc.stderr.decode().splitlines() if not ln.startswith("INFO: ")]
+        assert proc.returncode == 1 and len(failure) == 1, proc.stderr.decode()
+        assert "node1: virsh migrate failed" in failure[0] and "Unsafe migration" in failure[0]
         assert "--unsafe" not in argv
         assert hosts.state(name) is None
         assert virsh("domstate", name).stdout.strip() == "running"
+        assert virsh("snapshot-list", name, "--name").stdout.split() == ["before-upgrade"], (
+            "the failed migration put the snapshot metadata back")
+        assert virsh("snapshot-current", name, "--name").stdout.strip() == "before-upgrade"
 
 
 @pytest.mark.parametrize(
@@ -436,7 +443,7 @@ def snapshot_metadata(name: str, directory: Path) -> None:
     path = directory / "snapshot.xml"
     path.write_text(f"<domainsnapshot><name>before-upgrade</name><state>running</state>"
                     f"<creationTime>1700000000</creationTime><memory snapshot='no'/>{live}</domainsnapshot>")
-    virsh("snapshot-create", name, str(path), "--redefine")
+    virsh("snapshot-create", name, str(path), "--redefine", "--current")
     assert virsh("snapshot-list", name, "--name").stdout.split() == ["before-upgrade"]
 
 

@@ -61,16 +61,56 @@ def cpu_features(dest: hosts.Hypervisor, virt_type: str) -> list[str]:
                    if f.get("policy", "require") in _FEATURE_POLICIES_OFFERED and f.get("name")})
 
 
-def drop_snapshot_metadata(source: hosts.Hypervisor, domain: str) -> list[str]:
+class SnapshotMetadata:
+    """A domain's libvirt snapshot metadata, kept to be put back (``restore``) when the
+    migration it was removed for fails: a failed migration leaves the domain as it was."""
+
+    def __init__(self, domain: str, snapshots: list[tuple[str, bytes]], current: str) -> None:
+        self.domain = domain
+        self.snapshots = snapshots   # (name, snapshot XML), parents first
+        self.current = current
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.snapshots]
+
+    def restore(self, source: hosts.Hypervisor) -> list[str]:
+        """Define the snapshots again; returns the names that could not be (logged)."""
+        failed = []
+        for name, xml in self.snapshots:
+            current = ["--current"] if name == self.current else []
+            proc = source.virsh("snapshot-create", self.domain, "/dev/stdin", "--redefine", *current, input=xml,
+                                check=False)
+            if proc.returncode != 0:
+                log.error(f"{source.host}: snapshot {name} of {self.domain} not redefined: "
+                          f"{hosts.last_line(proc.stderr)}")
+                failed.append(name)
+        return failed
+
+
+def drop_snapshot_metadata(source: hosts.Hypervisor, domain: str) -> SnapshotMetadata:
     """Remove the domain's libvirt snapshot metadata (libvirt refuses to migrate a domain
-    that has snapshots); the snapshots' data is left alone. Returns the names removed."""
-    proc = source.virsh("snapshot-list", domain, "--name", check=False)
+    that has snapshots); the snapshots' data is left alone. Returns what was removed."""
+    proc = source.virsh("snapshot-list", domain, "--name", "--topological", check=False)
     if proc.returncode != 0:
-        return []  # no snapshot support for this domain: nothing can stand in the way
+        return SnapshotMetadata(domain, [], "")  # no snapshot support here: nothing stands in the way
     names = [n.strip() for n in proc.stdout.decode(errors="replace").splitlines() if n.strip()]
+    if not names:
+        return SnapshotMetadata(domain, [], "")
+    current = source.virsh("snapshot-current", domain, "--name", check=False)
+    kept = SnapshotMetadata(domain, [], current.stdout.decode(errors="replace").strip()
+                            if current.returncode == 0 else "")
     for name in names:
-        source.virsh("snapshot-delete", domain, "--snapshotname", name, "--metadata")
-    return names
+        xml = source.virsh("snapshot-dumpxml", domain, "--snapshotname", name, "--security-info").stdout
+        kept.snapshots.append((name, xml))
+    for index, name in enumerate(reversed(names)):  # children first
+        proc = source.virsh("snapshot-delete", domain, "--snapshotname", name, "--metadata", check=False)
+        if proc.returncode != 0:
+            done = SnapshotMetadata(domain, kept.snapshots[len(names) - index:], kept.current)
+            done.restore(source)
+            raise DriverError(f"{source.host}: snapshot {name} of {domain}: metadata not removed: "
+                              f"{hosts.last_line(proc.stderr)}")
+    return kept
 
 
 def sync_time(dest: hosts.Hypervisor, domain: str) -> str:

@@ -80,9 +80,10 @@ def run(req: VmmRequest) -> None:
     xml = plan.xml()
     for warning in plan.warnings:
         log.vm_log(vm, f"migrate-tweaks: {warning}")
-    dropped = migrate_host.drop_snapshot_metadata(source, domain)
-    if dropped:
-        log.vm_log(vm, f"migrate-tweaks: libvirt snapshot metadata removed before migrating: {', '.join(dropped)}")
+    snapshots = migrate_host.drop_snapshot_metadata(source, domain)
+    if snapshots.names:
+        log.vm_log(vm, "migrate-tweaks: libvirt snapshot metadata removed before migrating: "
+                   + ", ".join(snapshots.names))
     rolled_back: list[str] = []
     while True:
         argv = ["migrate", "--live", *extra, *(["--unsafe"] if unsafe else []),
@@ -93,6 +94,8 @@ def run(req: VmmRequest) -> None:
         reason = hosts.last_line(proc.stderr)
         culprit = plan.culprit(reason) if source.state(domain) is not None else None
         if culprit is None:
+            if snapshots.names and source.state(domain) is not None:
+                snapshots.restore(source)  # the domain stays here: as it was
             raise DriverError(f"{src}: virsh migrate failed: {reason}")
         rolled_back.append(culprit)
         log.vm_log(vm, f"migrate-tweaks: rule {culprit} rolled back: libvirt refused its change: {reason}")
