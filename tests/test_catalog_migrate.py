@@ -244,3 +244,17 @@ def test_destination_picks_the_rule_libvirt_refuses() -> None:
     assert plan.applied == ["migrate-graphics-listen", "migrate-iothreads-drop"]
     assert Destination(base, False, None, [], {}).xml() is None, "nothing to change: no --xml"
     assert Destination(base, True, None, [], {}).xml() is not None, "the VM directory moved: --xml"
+
+
+def test_destination_without_usable_inputs_migrates_untouched() -> None:
+    """Input the engine refuses never blocks a migration: no rules, a warning, and --xml only
+    when the VM directory moves."""
+    from vmm.migrate_rules import Destination
+
+    base = etree.fromstring(migratable())
+    rules = [r for r in loader.load([]).rules if r.runs_at("migrate")]
+    plan = Destination(base, False, etree.Element("DOCUMENT"), rules, FACTS)
+    assert plan.xml() is None
+    assert plan.applied == [] and plan.warnings[0].startswith("migrate rules not applied: VM XML: root element")
+    moved = Destination(base, True, etree.Element("DOCUMENT"), rules, FACTS).xml()
+    assert moved is not None and b"10.1.1.1" in moved, "moved, not tweaked"

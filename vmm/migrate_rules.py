@@ -52,6 +52,7 @@ class Destination:
         """The XML for ``--xml`` without the rules in ``excluded``; None when nothing
         differs from what libvirt would send by itself."""
         from tweaks import engine
+        from tweaks.errors import TweakError
         from tweaks.validate import DomainSchema
 
         rules = [r for r in self.rules if r.name not in excluded]
@@ -60,8 +61,13 @@ class Destination:
             self.applied = []
             return etree.tostring(tree) if self.moved else None
         vm = etree.ElementTree(self.vm) if self.vm is not None else None
-        outcome = engine.apply_rules(tree, vm, rules, schema=DomainSchema(), moment="migrate",
-                                     moment_facts=self.facts)
+        try:
+            outcome = engine.apply_rules(tree, vm, rules, schema=DomainSchema(), moment="migrate",
+                                         moment_facts=self.facts)
+        except TweakError as exc:
+            # Rules never block a migration: it goes ahead as libvirt would do it by itself.
+            self.warnings, self.applied = [f"migrate rules not applied: {exc}"], []
+            return etree.tostring(etree.ElementTree(copy.deepcopy(self.base))) if self.moved else None
         self.warnings = list(outcome.report.warnings)
         self.applied = [r.name for r in outcome.report.results if r.status == "applied"]
         self.paths = {r.name: [c.xpath for c in r.changes] for r in outcome.report.results if r.status == "applied"}
