@@ -210,6 +210,8 @@ WHERE: dict[str, tuple[str, ...]] = {
     "scsi-queues.py": ("q35-blk-sp", "pc-scsi-sp", "fixture"),
     "nic-queues.py": ("q35-blk-sp", "pc-blk-hv"),
     "disk-serial.py": ("q35-blk-sp", "pc-scsi-sp"),
+    "feature_smm.py": ("fixture", "q35-blk-sp", "q35-scsi-ssh"),
+    "os.py": ("fixture", "q35-blk-sp", "q35-scsi-ssh"),
 }
 DEFAULT_WHERE = ("fixture", "q35-blk-sp")
 

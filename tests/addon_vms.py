@@ -26,13 +26,14 @@ class Variant:
     iothreads: int = 0  # oned's <iothreads> from FEATURES/IOTHREADS
     cdrom: bool = True
     persistent: bool = False
+    raw_features: bool = False  # RAW/DATA with a <features> block of its own (oned appends it: a second block)
     extra: dict[str, str] = field(default_factory=dict)
 
 
 VARIANTS = (
     Variant("q35-blk-sp", nics=("virtio", "virtio", "e1000"), pci=("02:00:11:ab:cd:01", "")),
     Variant("pc-scsi-sp", machine="pc-i440fx-7.2", bus="scsi", vcpu=2, memory_mib=2048, persistent=True),
-    Variant("q35-scsi-ssh", bus="scsi", tm_mad="ssh", vcpu=8, nics=("virtio",), iothreads=2),
+    Variant("q35-scsi-ssh", bus="scsi", tm_mad="ssh", vcpu=8, nics=("virtio",), iothreads=2, raw_features=True),
     Variant("pc-blk-hv", machine="pc-i440fx-7.2", vcpu=6, hyperv=True, nics=("virtio", "e1000"),
             pci=("", "")),
 )
@@ -159,6 +160,8 @@ def build(v: Variant) -> tuple[bytes, bytes]:
         _sub(hv, "spinlocks", state="on", retries="4096")
         clock = _sub(dom, "clock", offset="localtime")
         _sub(clock, "timer", name="hypervclock", present="yes")
+    if v.raw_features:
+        _sub(_sub(dom, "features"), "pmu", state="off")
     meta = etree.SubElement(_sub(dom, "metadata"), "{http://opennebula.org/xmlns/libvirt/1.0}vm",
                             nsmap={"one": "http://opennebula.org/xmlns/libvirt/1.0"})
     _sub(meta, "{http://opennebula.org/xmlns/libvirt/1.0}system_datastore", DS_DIR)
@@ -174,6 +177,8 @@ def build(v: Variant) -> tuple[bytes, bytes]:
     if v.iothreads:
         feats_tpl["IOTHREADS"] = str(v.iothreads)
     _tpl(tpl, "FEATURES", feats_tpl)
+    if v.raw_features:
+        _tpl(tpl, "RAW", {"TYPE": "kvm", "DATA": "<features><pmu state='off'/></features>"})
     for k, val in v.extra.items():
         _sub(tpl, k, val)
     _sub(vm, "USER_TEMPLATE")
