@@ -27,6 +27,7 @@ from lxml import etree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+import drivers  # noqa: E402  (the driver executables, as one-tweaks install writes them)
 from sim.storpool import StorPoolSim  # noqa: E402
 
 TOKEN = "bench-token"
@@ -60,7 +61,7 @@ def image(image_id: int, path: str) -> etree._Element:
 
 def run(action: str, data: bytes, ident: int, env: dict[str, str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "datastore" / "storpool" / action), str(ident)],
+    proc = subprocess.run([sys.executable, str(drivers.ds("storpool") / action), str(ident)],
                           input=data, capture_output=True, env=env, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:

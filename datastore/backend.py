@@ -1,4 +1,15 @@
-"""The narrow interface every storage backend implements (one class per backend).
+"""The narrow interface every storage backend implements (one class per backend, one module
+per backend in ``datastore/backends/``, found by ``datastore.backends.backend_class``).
+
+A backend class is also the whole declaration of its driver: the DS_MAD/TM_MAD name oned
+uses (``driver``), its object names (``scheme``), the configuration values it reads with
+their defaults and types (``attributes``, ``attribute_prefixes``: a datastore's TEMPLATE
+attribute of such a name overrides one-tweaks.conf for that datastore), what the installer
+writes into oned.conf and vmm_execrc (``tm_mad_conf``, ``ds_mad_conf``, ``restricted_attrs``,
+``live_disk_snapshots``, ``vmm_aliases``), what it can do (``can_rename``,
+``delayed_delete``, ``remote_backup``, ``group_snapshots``, ``nvram_volumes``), how hosts see
+its volumes (``disk_form``), its doctor checks (``doctor``) and how it is built from the
+configuration (``from_config``).
 
 Names are the backend's own object names (volumes and snapshots share a namespace in
 StorPool; LINSTOR maps them to resources and snapshots). Sizes are bytes. Hosts are
@@ -12,16 +23,55 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from onelib.errors import DriverError
+from onelib.errors import Conflict, DriverError
 from tweaks.record import field, record
 
+from .naming import Names
+
 if TYPE_CHECKING:
+    from lxml import etree
+
     from onelib.config import Config
     from onelib.hostcmd import Host
 
-    from .naming import Names
+_TRUE_FALSE = ("1", "0", "yes", "no", "y", "n", "true", "false", "on", "off")
+_DURATION_UNITS = "smhd"
+
+
+@record
+class Attribute:
+    """A configuration value a backend reads: ``NAME=value`` in one-tweaks.conf, overridden
+    for one datastore by that datastore's TEMPLATE attribute of the same name (the config
+    overlay keeps exactly the declared names). ``kind`` says what a value must look like:
+    ``text``, ``int`` (a whole number), ``bool`` (yes/no words), ``seconds`` (48h, 30m, 90s,
+    2d or a number), ``words`` (space or comma separated) or ``path`` (absolute)."""
+
+    name: str
+    default: str = ""
+    kind: str = "text"
+    doc: str = ""
+
+    def problem(self, raw: str) -> str:
+        """Why ``raw`` is not a value of this kind ("" when it is, or when it is empty)."""
+        value = raw.strip()
+        if not value:
+            return ""
+        if self.kind == "int" and not (value.isascii() and value.isdigit()):
+            return f"{self.name}={raw!r} is not a whole number"
+        if self.kind == "bool" and value.lower() not in _TRUE_FALSE:
+            return f"{self.name}={raw!r} is not yes or no"
+        if self.kind == "seconds":
+            digits = value[:-1] if value[-1:].lower() in _DURATION_UNITS else value
+            if not (digits.isascii() and digits.isdigit()):
+                return f"{self.name}={raw!r} is not a duration like 48h"
+        if self.kind == "path" and not value.startswith("/"):
+            return f"{self.name}={raw!r} is not an absolute path"
+        return ""
+
+
+Problem = Callable[[str], None]
 
 
 @record
@@ -60,18 +110,81 @@ class HostRef:
 
 
 class Backend(abc.ABC):
+    # --- declaration (read by the registry, the drivers, install and doctor) ----------------
+    #: the DS_MAD and TM_MAD name oned uses; the executables are ``datastore/<driver>/<action>``
+    #: and ``tm/<driver>/<action>`` (made by ``one-tweaks install``)
+    driver: ClassVar[str] = ""
+    #: a short name for messages
     name: str = ""
+    #: object names of this driver's volumes and snapshots
+    scheme: ClassVar[type[Names]] = Names
+    #: configuration values this backend reads (see ``Attribute``)
+    attributes: ClassVar[tuple[Attribute, ...]] = ()
+    #: every datastore attribute starting with one of these is a setting too (SP_, LS_, ...)
+    attribute_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: oned.conf ``TM_MAD_CONF`` and ``DS_MAD_CONF`` values (besides NAME)
+    tm_mad_conf: ClassVar[tuple[tuple[str, str], ...]] = ()
+    ds_mad_conf: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: other oned.conf restricted attributes, e.g. ``("IMAGE_RESTRICTED_ATTR", "SP_QOSCLASS")``
+    restricted_attrs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: vmm_execrc LIVE_DISK_SNAPSHOTS entries (None: ``kvm-<driver>``)
+    live_disk_snapshots: ClassVar[tuple[str, ...] | None] = None
+    #: VMM script names the seed add-on of this driver put in the kvm ``-l`` list (name ->
+    #: the -l key it serves); installed as aliases of our override, so old lines keep working
+    vmm_aliases: ClassVar[Mapping[str, str]] = {}
+    #: how a host sees a volume: ``block`` (a device path; ``disk.N`` links to it) or
+    #: ``network`` (libvirt reaches it by protocol, no device on the host)
+    disk_form: ClassVar[str] = "block"
+
+    # --- capabilities ---------------------------------------------------------------------
     #: ``rename`` works (StorPool); without it imports are written in place (datastore.imageds)
     can_rename: bool = True
     #: snapshots can delete themselves later (``delete_after``): TM delete's trash
     delayed_delete: bool = True
     #: ``backup_remote`` works (StorPool VolumeBackup): DS rm's REMOTE_BACKUP_DELETE
     remote_backup: bool = False
+    #: VM snapshots as one group snapshot of the VM's volumes (``vm_snapshot``...)
+    group_snapshots: ClassVar[bool] = True
+    #: UEFI NVRAM on a volume of its own (``make_nvram``)
+    nvram_volumes: ClassVar[bool] = True
     #: where data copies run for backends that copy through a host (LINSTOR): set by the
     #: Driver; returns the host's attachment target and a shell on it
     mover: Callable[[], tuple[HostRef, Host]] | None = None
 
     # --- configuration -----------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Config) -> Backend:
+        """The backend for one action, from the driver configuration (one-tweaks.conf with the
+        datastore's own attributes on top, see ``configure``)."""
+
+    @classmethod
+    def configure(cls, config: Config, attrs: Mapping[str, str] | None = None) -> Config:
+        """``config`` (one-tweaks.conf) with this backend's declared defaults under it and a
+        datastore's TEMPLATE ``attrs`` of the declared names on top: what ``from_config`` gets."""
+        return config.declared({a.name: a.default for a in cls.attributes}, cls.attribute_prefixes, attrs)
+
+    @classmethod
+    def doctor(cls, config: Config, datastores: Callable[[], Sequence[etree._Element]], problem: Problem) -> None:
+        """``one-tweaks doctor``'s checks of this backend (its ``api`` check): each problem is
+        one line saying how to fix it, given to ``problem``. ``config`` is one-tweaks.conf;
+        ``datastores()`` the DATASTORE documents of this driver oned lists (it raises
+        DriverError when oned cannot be asked). Default: the settings each datastore sets
+        have the declared kinds."""
+        from onelib import xmldoc
+
+        try:
+            found = datastores()
+        except DriverError:
+            return
+        for ds in found:
+            attrs = xmldoc.template_attrs(ds.find("TEMPLATE"))
+            for setting in cls.attributes:
+                why = setting.problem(attrs.get(setting.name, ""))
+                if why:
+                    problem(f"api: datastore {xmldoc.text(ds, 'ID')} ({xmldoc.text(ds, 'NAME')}): {why}: "
+                            f"fix it with onedatastore update")
+
     @classmethod
     def host_ref(cls, name: str, attrs: Mapping[str, str], config: Config) -> HostRef:
         """Where volumes attach for OpenNebula host ``name`` ("" = the front-end), from its
@@ -135,6 +248,70 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def revert(self, volume: str, snapshot: str) -> None:
         """Make ``volume`` hold ``snapshot``'s content again (other snapshots survive)."""
+
+    # --- VM snapshots (groups) -------------------------------------------------------------
+    def vm_snapshot(self, items: Sequence[tuple[str, str, Mapping[str, str]]], common: Mapping[str, str]) -> None:
+        """One atomic snapshot of every ``(volume, snapshot name, own tags)``, each tagged
+        ``common`` and its own tags: the group snapshot with the common tags, then the
+        per-volume tags (a backend whose group call takes both does it in one)."""
+        self.group_snapshot([(vol, snap) for vol, snap, _ in items], tags=common)
+        for _, snap, own in items:
+            if own:
+                self.set_tags(snap, own, snapshot=True)
+
+    def vm_snapshot_retag(self, items: Sequence[tuple[str, str, Mapping[str, str]]],
+                          common: Mapping[str, str]) -> None:
+        """The group's tags again, after a ``vm_snapshot`` whose reply was lost (its
+        snapshots exist, the tagging may not have happened)."""
+        for _, snap, own in items:
+            self.set_tags(snap, {**common, **own}, snapshot=True)
+
+    def vm_snapshot_revert(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Every (volume, snapshot) of a group back to the snapshot; the volumes are detached."""
+        for volume, snapshot in pairs:
+            self.revert(volume, snapshot)
+
+    def vm_snapshot_delete(self, snapshots: Sequence[str]) -> None:
+        """Delete a group's snapshots (absent ones are fine)."""
+        for name in snapshots:
+            self.delete(name, snapshot=True)
+
+    # --- UEFI NVRAM volumes ------------------------------------------------------------------
+    def make_nvram(self, name: str, size: int, *, placement: str, tags: Mapping[str, str], host: HostRef,
+                   shell: Host, template: str) -> str:
+        """The VM's NVRAM volume ``name`` on ``host``, made once: ``size`` bytes with the
+        firmware's VARS file ``template`` (a path on that host) at its end, which is where
+        OVMF finds it on a larger device. An existing volume keeps the guest's variables
+        (only one a crash left empty is filled). Returns the device path on the host.
+        ``tags["nvm"]`` is the VM: a volume of that name that is not this VM's is refused."""
+        if not self.nvram_volumes:
+            raise DriverError(f"the {self.name or type(self).__name__} backend keeps no NVRAM volumes")
+        created = False
+        volume_size = size
+        try:
+            self.create(name, size, placement=placement, tags=tags)
+            created = True
+        except Conflict:
+            found = self.get(name)
+            if found is None or found.snapshot or found.tags.get("nvm") != tags.get("nvm"):
+                raise DriverError(f"volume {name} exists and is not VM {tags.get('nvm')}'s NVRAM") from None
+            volume_size = found.size
+        try:
+            device = self.attach(name, host)
+            vars_size = int(shell.output(["stat", "-L", "-c", "%s", template]).strip() or 0)
+            if not 0 < vars_size <= volume_size:
+                raise DriverError(f"NVRAM template {template} has an unexpected size ({vars_size} bytes)")
+            offset = volume_size - vars_size
+            head = b"" if created else shell.run(["dd", f"if={device}", "iflag=skip_bytes", f"skip={offset}",
+                                                  "bs=4096", "count=1", "status=none"]).stdout
+            if created or not head.strip(b"\0"):
+                shell.run(["dd", f"if={template}", f"of={device}", "oflag=seek_bytes", f"seek={offset}",
+                           "conv=notrunc,fsync", "status=none"])
+        except BaseException:
+            if created:
+                self.delete(name)
+            raise
+        return device
 
     # --- hosts -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -21,8 +21,8 @@ from onelib.hostcmd import Host
 from onelib.oned import Oned
 
 from .backend import Backend, HostRef
-from .backends import backend_class
-from .naming import for_driver
+from .backends import backend_class, find
+from .naming import Names
 
 LOCK_DIR = "/var/lock/one-tweaks"
 
@@ -34,8 +34,10 @@ class Driver:
         self.datastore = datastore
         base = config or Config.load()
         attrs = xmldoc.template_attrs(datastore.find("TEMPLATE")) if datastore is not None else {}
-        self.config = base.overlay(attrs)
-        self.names = for_driver(driver, self.config.get("ONE_PX") or "one")
+        # the backend's declared attributes (defaults, and which datastore attributes count)
+        cls = find(driver)
+        self.config = cls.configure(base, attrs) if cls is not None else base.overlay(attrs)
+        self.names = (cls.scheme if cls is not None else Names)(px=self.config.get("ONE_PX") or "one")
         self._oned = oned
         self._backend = backend
         self._hosts: dict[str, HostRef] = {}
@@ -51,7 +53,7 @@ class Driver:
     def backend(self) -> Backend:
         if self._backend is None:
             cls = backend_class(self.driver)
-            self._backend = cls.from_config(self.config)  # type: ignore[attr-defined]
+            self._backend = cls.from_config(self.config)
         if self._backend.mover is None:
             self._backend.mover = self._mover
         return self._backend

@@ -42,7 +42,7 @@ INCOMPLETE = "incomplete"   # tag of an image volume being filled in place (no r
 
 def check_volume(name: str, what: str = "volume name") -> str:
     if not _VOLUME.fullmatch(name) or name in ("list", "status"):
-        raise DriverError(f"{what} {name!r} is not an acceptable StorPool volume name")
+        raise DriverError(f"{what} {name!r} is not an acceptable volume name")
     return name
 
 
@@ -53,7 +53,7 @@ def volume_from_source(source: str, what: str = "SOURCE") -> str:
     if len(parts) == 2 and _TEMPLATE.fullmatch(parts[0]):
         return check_volume(parts[1], what)
     if len(parts) != 1:
-        raise DriverError(f"image {what} {source!r} does not name a StorPool volume")
+        raise DriverError(f"image {what} {source!r} does not name a volume")
     return check_volume(source, what)
 
 

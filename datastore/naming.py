@@ -2,9 +2,10 @@
 volumes are found where they are (``PX`` is the configurable ONE_PX prefix that lets
 several OpenNebula instances share one cluster).
 
-One scheme per driver (``for_driver``): ``Names`` is addon-storpool's (``storpool``),
-``LinstorNames`` addon-linstor_un's (``linstor_un``); both have the same methods, so the
-actions never spell a name themselves.
+One scheme per driver (``for_driver``: the backend's ``scheme``): ``Names`` is
+addon-storpool's and the base every other scheme overrides (a backend module defines its
+own, e.g. ``LinstorNames`` in ``datastore/backends/linstor.py``); all have the same methods,
+so the actions never spell a name themselves.
 """
 
 from __future__ import annotations
@@ -114,120 +115,13 @@ class Names:
 
 
 _ONESNAP = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)-ONESNAP-([0-9]{1,9})-([0-9]{1,12})")
-_VMSNAPSHOT = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{1,47})@vmsnapshot-([0-9]{1,9})-([0-9]{1,12})")
-
-# LINSTOR resource and snapshot names: a letter or _, then letters, digits, _ and -
-_LINSTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{1,47}")
-_BY_RES = re.compile(r"/dev/drbd/by-res/([A-Za-z_][A-Za-z0-9_-]{1,47})/0")
-
-
-@record
-class LinstorNames(Names):
-    """addon-linstor_un's resource names (``one-image-7``, ``one-vm-42-disk-0``,
-    ``one-vm-42-checkpoint``; snapshots ``snapshot-<ID>``) with ONE_PX as the leading
-    ``one``, and names in the same style for what that add-on lacks: the UEFI NVRAM volume
-    ``one-vm-<VM>-nvram``, VM snapshots ``vmsnapshot-<ID>-<time>``, backups
-    ``backup-<time>``, marketplace exports ``export-<APP>``.
-
-    Non-persistent image clones, volatile disks (swap too) and the context CD-ROM are all
-    ``one-vm-<VM>-disk-<N>`` (disk ids are unique within a VM). LINSTOR snapshots belong to
-    a resource, so a snapshot's name here is ``<resource>@<snapshot>`` (the Linstor backend
-    splits it). An image's SOURCE is its DRBD device path ``/dev/drbd/by-res/<res>/0``.
-
-    Tags (``tags()``) carry the system datastore (``dsid`` = ``Aux/one/DS_ID``) of every VM
-    disk resource, and a persistent image in use by a VM carries its VM_ID, DS_ID and DISK_ID,
-    as addon-linstor_un sets them (TM ln) and clears them (TM mvds).
-    """
-
-    ds_tag: ClassVar[bool] = True
-
-    def template(self, ds_id: int) -> str:
-        return f"{self.px}-ds-{ds_id}"
-
-    def image(self, image_id: int) -> str:
-        return f"{self.px}-image-{image_id}"
-
-    def staging(self, image_id: int, digest: str) -> str:
-        """addon-linstor_un's temporaries are ``<res>-tmp``; imports here are written into the
-        image's own resource (LINSTOR cannot rename), so this name only ever holds a leftover."""
-        return f"{self.px}-image-{image_id}-tmp"
-
-    def clone(self, image_id: int, vm_id: int, disk_id: int) -> str:
-        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
-
-    def volatile(self, vm_id: int, disk_id: int, swap: bool = False) -> str:
-        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
-
-    def context(self, vm_id: int, disk_id: int) -> str:
-        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
-
-    def checkpoint(self, vm_id: int) -> str:
-        return f"{self.px}-vm-{vm_id}-checkpoint"
-
-    def nvram(self, vm_id: int) -> str:
-        return f"{self.px}-vm-{vm_id}-nvram"
-
-    def vm_prefix(self, vm_id: int) -> str:
-        return f"{self.px}-vm-{vm_id}-"
-
-    @staticmethod
-    def disk_snapshot(volume: str, snap_id: int) -> str:
-        return f"{volume}@snapshot-{snap_id}"
-
-    @staticmethod
-    def vm_snapshot(volume: str, snap_id: int, timestamp: int) -> str:
-        return f"{volume}@vmsnapshot-{snap_id}-{timestamp}"
-
-    @staticmethod
-    def backup_snapshot(volume: str, timestamp: int) -> str:
-        return f"{volume}@backup-{timestamp}"
-
-    @staticmethod
-    def export_snapshot(volume: str, app_id: int) -> str:
-        return f"{volume}@export-{app_id}"
-
-    @staticmethod
-    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
-        match = _VMSNAPSHOT.fullmatch(name)
-        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
-
-    @staticmethod
-    def disk_snapshot_prefix(volume: str) -> str:
-        return f"{volume}@snapshot-"
-
-    @staticmethod
-    def disk_snapshot_id(volume: str, name: str) -> int | None:
-        match = re.fullmatch(re.escape(volume) + r"@snapshot-([0-9]+)", name)
-        return int(match.group(1)) if match else None
-
-    @staticmethod
-    def split_disk_snapshot(name: str) -> tuple[str, int] | None:
-        match = re.fullmatch(r"(.+)@snapshot-(\d+)", name)
-        return (match.group(1), int(match.group(2))) if match else None
-
-    def disk_owner(self, volume: str) -> tuple[int, int] | None:
-        match = re.fullmatch(rf"{re.escape(self.px)}-vm-(\d+)-disk-(\d+)", volume)
-        return (int(match.group(1)), int(match.group(2))) if match else None
-
-    @staticmethod
-    def source(volume: str) -> str:
-        return f"/dev/drbd/by-res/{volume}/0"
-
-    @staticmethod
-    def source_volume(source: str) -> str:
-        """``/dev/drbd/by-res/<res>/0`` (or a bare resource name) -> ``<res>``; "" otherwise."""
-        match = _BY_RES.fullmatch(source)
-        if match:
-            return match.group(1)
-        return source if _LINSTOR_NAME.fullmatch(source) else ""
-
-
-SCHEMES: dict[str, type[Names]] = {"storpool": Names, "linstor_un": LinstorNames}
-
-
 def for_driver(driver: str, px: str = "one") -> Names:
-    """The naming scheme of a driver (addon-storpool's for any driver not listed)."""
-    return SCHEMES.get(driver, Names)(px=px)
+    """The naming scheme of a driver: its backend's ``scheme`` (addon-storpool's for a driver
+    no backend serves)."""
+    from .backends import find
+
+    cls = find(driver)
+    return (cls.scheme if cls is not None else Names)(px=px)
 
 
 # Tag values of "type" (addon-storpool): persistent, non-persistent, non-persistent

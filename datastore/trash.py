@@ -18,19 +18,31 @@ import sys
 import time
 from collections.abc import Sequence
 
+from onelib import xmldoc
 from onelib.errors import DriverError, Transient
 
 from .backend import Backend, Volume
+from .backends import all_backends
 from .driver import Driver
 
 MIB = 1024 * 1024
 
 
-def _driver(ds_id: int | None, driver: str) -> Driver:
-    base = Driver(driver)
-    if ds_id is None:
-        return base
-    return Driver(driver, base.oned.datastore(ds_id), oned=base.oned, config=base.config)
+def _driver(ds_id: int | None, driver: str | None) -> Driver:
+    """The driver whose trash is meant: ``--driver``, else the datastore's (``--datastore``),
+    else the one backend that keeps deleted disks (``delayed_delete``)."""
+    if ds_id is not None:
+        probe = Driver(driver or "")
+        datastore = probe.oned.datastore(ds_id)
+        driver = driver or xmldoc.text(datastore, "TM_MAD") or xmldoc.text(datastore, "DS_MAD")
+        return Driver(driver, datastore, oned=probe.oned)
+    if driver is None:
+        keeping = [cls.driver for cls in all_backends() if cls.delayed_delete]
+        if len(keeping) != 1:
+            which = ", ".join(keeping) or "none keeps deleted disks"
+            raise DriverError(f"name the storage driver with --driver ({which})")
+        driver = keeping[0]
+    return Driver(driver)
 
 
 def trashed(drv: Driver) -> list[Volume]:
@@ -101,8 +113,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except Transient as exc:
             # no reply: oned may have registered the image over this volume, so it stays
             raise Transient(f"{exc}; whether image {name!r} was registered is unknown, so its volume {source} "
-                            f"is kept: if `oneimage list` shows no image with SOURCE {source}, that volume is "
-                            "left over (remove it in StorPool) and the restore can be run again") from None
+                            f"is kept: if `oneimage list` shows no image with SOURCE {source}, that volume is left "
+                            f"over (remove it in the {drv.driver} storage) and the restore can be run again") from None
         except BaseException:
             drv.backend.delete(source)
             raise
@@ -126,7 +138,7 @@ def main(argv: Sequence[str]) -> int:
 
     log.setup("one-tweaks-trash")
     p = argparse.ArgumentParser(prog="one-tweaks trash", description="disks waiting for delayed deletion")
-    p.add_argument("--driver", default="storpool", help="storage driver (default storpool)")
+    p.add_argument("--driver", help="storage driver (default: the datastore's, else the one that keeps deleted disks)")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list deleted disks that can still be restored")
     ls.add_argument("--datastore", type=int, help="use this datastore's connection settings")

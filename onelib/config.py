@@ -23,11 +23,9 @@ DEFAULTS: dict[str, str] = {
     "DISKSNAPSHOT_LIMIT": "",
     "VMSNAPSHOT_LIMIT": "",
     "VMSNAPSHOT_FSFREEZE": "0",
-    "SP_API_HTTP_HOST": "",
-    "SP_API_HTTP_PORT": "81",
-    "SP_AUTH_TOKEN": "",
-    "SP_DEVICE_DIR": "/dev/storpool",
-    "SP_STORPOOL_CONF": "/etc/storpool.conf",
+    # addon-storpool's names for settings every driver has
+    "SP_SYSTEM": "ssh",
+    "SP_CHECKPOINT_BD": "1",
     "ATTACH_TIMEOUT": "20",
     "API_TIMEOUT": "30",
     "API_RETRIES": "5",
@@ -38,13 +36,6 @@ DEFAULTS: dict[str, str] = {
     "CHECKPOINT_MARGIN": "1.1",
 }
 
-# addon-linstor_un's datastore attributes: a datastore's own value reaches the linstor_un
-# backend (placement, clone mode) like the SP_* and LS_* attributes do
-LINSTOR_ATTRS = frozenset({
-    "CLONE_MODE", "NODE_LIST", "LAYER_LIST", "PROVIDERS", "REPLICAS_ON_SAME", "REPLICAS_ON_DIFFERENT",
-    "AUTO_PLACE", "REPLICA_COUNT", "CHECKPOINT_AUTO_PLACE", "CHECKPOINT_REPLICA_COUNT", "DO_NOT_PLACE_WITH",
-    "DO_NOT_PLACE_WITH_REGEX", "STORAGE_POOL", "DISKLESS_POOL", "ENCRYPTION", "RESOURCE_GROUP", "PREFER_NODE",
-})
 
 
 def parse_shell_vars(text: str, source: str) -> dict[str, str]:
@@ -86,12 +77,23 @@ class Config:
     def get(self, name: str, default: str = "") -> str:
         return self.values.get(name, default)
 
-    def overlay(self, attrs: Mapping[str, str]) -> Config:
-        """This configuration with a datastore's (or VM's) same-named attributes on top."""
+    def overlay(self, attrs: Mapping[str, str], names: frozenset[str] = frozenset(),
+                prefixes: tuple[str, ...] = ()) -> Config:
+        """This configuration with a datastore's (or VM's) same-named attributes on top: the
+        names it has (defaults and the file's), ``names`` and those starting with ``prefixes``."""
         merged = dict(self.values)
         merged.update({k: v for k, v in attrs.items()
-                       if k in self.values or k in LINSTOR_ATTRS or k.startswith(("SP_", "LS_"))})
+                       if k in self.values or k in names or (prefixes and k.startswith(prefixes))})
         return Config(merged)
+
+    def declared(self, defaults: Mapping[str, str], prefixes: tuple[str, ...] = (),
+                 attrs: Mapping[str, str] | None = None) -> Config:
+        """The configuration a storage backend's action sees (``Backend.configure``): the
+        backend's declared ``defaults`` under this configuration's values, then a datastore's
+        ``attrs`` of the declared names (and ``prefixes``) on top."""
+        merged = dict(defaults)
+        merged.update(self.values)
+        return Config(merged).overlay(attrs or {}, frozenset(defaults), prefixes)
 
     def integer(self, name: str, minimum: int = 0) -> int | None:
         raw = self.get(name).strip()
@@ -110,34 +112,3 @@ class Config:
         if not digits.isdigit():
             raise DriverError(f"configuration {name}={raw!r} is not a duration like 48h")
         return int(digits) * (scale or 1)
-
-
-def read_storpool_conf(path: str, hostname: str | None = None) -> dict[str, str]:
-    """``/etc/storpool.conf`` (and ``.conf.d/*.conf``): global ``KEY=value`` lines, then the
-    ``[hostname]`` section's (this host's by default), the way StorPool's tools read it."""
-    import socket
-
-    files = [path]
-    conf_d = path + ".d"
-    if os.path.isdir(conf_d):
-        files += sorted(os.path.join(conf_d, f) for f in os.listdir(conf_d) if f.endswith(".conf"))
-    host = hostname or socket.gethostname()
-    values: dict[str, str] = {}
-    for name in files:
-        try:
-            with open(name, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        sections: dict[str, list[str]] = {"": []}
-        current = ""
-        for line in text.splitlines():
-            stripped = line.strip()
-            if stripped.startswith("[") and stripped.endswith("]"):
-                current = stripped[1:-1].strip()
-                sections.setdefault(current, [])
-            else:
-                sections[current].append(line)
-        values.update(parse_shell_vars("\n".join(sections[""]), name))
-        values.update(parse_shell_vars("\n".join(sections.get(host, [])), name))
-    return values

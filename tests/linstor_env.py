@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import drivers
 import linstor
 import pytest
 import storage_env
@@ -40,7 +41,7 @@ from scenario import write_at
 from sim import oned as oned_sim
 from sim.linstor import LinstorSim
 from sim.oned import OnedDouble
-from storage_env import ONE_AUTH, REPO, Cloud, Sshd, _write_conf, sshd
+from storage_env import ONE_AUTH, Cloud, Sshd, _write_conf, sshd
 
 FIXTURES = (sshd,)  # lcloud needs it
 MiB = 2**20
@@ -93,7 +94,7 @@ class LinstorCloud(Cloud):
 
     def run_tm(self, action: str, *args: str, stdin: bytes = b"", timeout: float = 120,
                remotes: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-        return self._run((remotes or REPO) / "tm" / DRIVER / action, list(args), stdin, timeout)
+        return self._run((remotes or drivers.REMOTES) / "tm" / DRIVER / action, list(args), stdin, timeout)
 
     def run_ds(self, action: str, payload: bytes | etree._Element, obj_id: int | str, *, form: str = "6.8",
                b64: bool = True, timeout: float = 120,
@@ -102,7 +103,7 @@ class LinstorCloud(Cloud):
         encoded = base64.b64encode(raw) if b64 else raw
         argv, stdin = ([str(obj_id)], encoded) if form == "6.8" else (
             [encoded.decode(), str(obj_id)], b"")
-        return self._run((remotes or REPO) / "datastore" / DRIVER / action, argv, stdin, timeout)
+        return self._run((remotes or drivers.REMOTES) / "datastore" / DRIVER / action, argv, stdin, timeout)
 
     def make_image(self, image_id: int, *, size_mb: int = 64, persistent: bool = False, image_type: str | None = None,
                    name: str | None = None, ds_id: int = IMAGE_DS, state: int = oned_sim.IMAGE_READY,

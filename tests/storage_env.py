@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import drivers
 import pytest
 from lxml import etree
 from sim import oned as oned_sim
@@ -518,7 +519,7 @@ class Cloud:
     def run_tm(self, action: str, *args: str, stdin: bytes = b"", timeout: float = 120,
                remotes: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         """``tm/storpool/<action> ARGS`` as one_tm runs it (stdin as the action gets it)."""
-        return self._run((remotes or REPO) / "tm" / "storpool" / action, list(args), stdin, timeout)
+        return self._run((remotes or drivers.REMOTES) / "tm" / "storpool" / action, list(args), stdin, timeout)
 
     def run_ds(self, action: str, payload: bytes | etree._Element, obj_id: int | str, *, form: str = "6.8",
                b64: bool = True, timeout: float = 120,
@@ -537,7 +538,7 @@ class Cloud:
             argv, stdin = [encoded.decode(errors="surrogateescape"), str(obj_id)], b""
         else:
             raise ValueError(f"form {form!r}: one of {DS_FORMS}")
-        return self._run((remotes or REPO) / "datastore" / "storpool" / action, argv, stdin, timeout)
+        return self._run((remotes or drivers.REMOTES) / "datastore" / "storpool" / action, argv, stdin, timeout)
 
     def _run(self, path: Path, argv: list[str], stdin: bytes, timeout: float) -> subprocess.CompletedProcess[bytes]:
         if not path.is_file():

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import drivers
 import pytest
 import storage_env
 from lxml import etree
@@ -38,7 +39,7 @@ from storage_env import sshd
 from datastore.backends.storpool_api import Api
 
 ROOT = Path(__file__).resolve().parent.parent
-EXE = ROOT / "datastore" / "storpool"
+EXE = drivers.ds("storpool")
 ONE = Path(__file__).resolve().parent / "fixtures" / "opennebula"
 TOKEN = "3712094213520841219"
 MiB = 2**20

@@ -436,7 +436,7 @@ def test_option_helpers() -> None:
 
 
 def test_a_second_driver_is_installed_alongside(front72: Front, monkeypatch: pytest.MonkeyPatch) -> None:
-    """linstor_un comes with its own settings once datastore.backends.KNOWN lists it."""
+    """linstor_un comes with its own settings, declared by its backend module."""
     monkeypatch.setattr(plan, "known_drivers", lambda: ["linstor_un", "storpool"])
     assert front72.run("install") == 0
     assert front72.option("TM_MAD", "-d")[-2:] == ["linstor_un", "storpool"]

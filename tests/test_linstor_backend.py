@@ -22,8 +22,8 @@ from sim.linstor import LinstorSim
 
 from datastore.backend import HostRef
 from datastore.backends import backend_class
-from datastore.backends.linstor import Linstor, Placement
-from datastore.naming import LinstorNames, Names, for_driver
+from datastore.backends.linstor import Linstor, LinstorNames, Placement
+from datastore.naming import Names, for_driver
 from onelib.config import Config
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 from onelib.hostcmd import Host

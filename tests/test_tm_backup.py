@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import drivers
 from lxml import etree
-from storage_env import REPO, Cloud, cloud, sshd
+from storage_env import Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd)
 
@@ -207,7 +208,7 @@ def test_prebackup_snapshot_is_taken_before_the_copy(cloud: Cloud, tmp_path: Pat
     the backup: the copy is read from the snapshot, whatever the volume holds meanwhile."""
     sums = _setup(cloud)
     cloud.sim.fail("VolumesReassignWait", mode="delay", delay=0.5)  # the first snapshot attach
-    proc = subprocess.Popen([sys.executable, str(REPO / "tm" / "storpool" / "prebackup"), *_args(cloud)],
+    proc = subprocess.Popen([sys.executable, str(drivers.tm("storpool") / "prebackup"), *_args(cloud)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cloud.env,
                             cwd=cloud.home)
     assert proc.stdin is not None and proc.stderr is not None
@@ -353,7 +354,7 @@ def test_killed_after_each_backend_call_then_rerun(cloud: Cloud, tmp_path: Path)
     for index in range(BASE_CALLS):
         start = len(cloud.sim.calls)
         cloud.sim.fail("*", mode="delay", delay=0.3, skip=index)
-        proc = subprocess.Popen([sys.executable, str(REPO / "tm" / "storpool" / "prebackup"), *_args(cloud)],
+        proc = subprocess.Popen([sys.executable, str(drivers.tm("storpool") / "prebackup"), *_args(cloud)],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=cloud.env, cwd=cloud.home)
         assert proc.stdin is not None
@@ -380,7 +381,7 @@ def test_sigterm_rolls_back(cloud: Cloud, tmp_path: Path) -> None:
     """A cancelled backup (SIGTERM while the first snapshot attaches) removes what it made."""
     sums = _setup(cloud)
     cloud.sim.fail("VolumesReassignWait", mode="delay", delay=1.0)
-    proc = subprocess.Popen([sys.executable, str(REPO / "tm" / "storpool" / "prebackup"), *_args(cloud)],
+    proc = subprocess.Popen([sys.executable, str(drivers.tm("storpool") / "prebackup"), *_args(cloud)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cloud.env,
                             cwd=cloud.home)
     assert proc.stdin is not None and proc.stderr is not None

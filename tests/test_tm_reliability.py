@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import drivers
 import pytest
 from lxml import etree
 from storage_env import FRONTEND, Cloud, MiB, Sshd, _our_loops, build_cloud, cloud, sshd
@@ -100,7 +101,7 @@ def one_line_failure(proc: subprocess.CompletedProcess[bytes]) -> str | None:
 
 
 def executable(action: str) -> str:
-    return str(REPO / "tm" / "storpool" / action)
+    return str(drivers.tm("storpool") / action)
 
 
 def unanswered(cloud: Cloud) -> Callable[[], int]:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import drivers
 import pytest
 from livevm import kvm_available, libvirtd, virsh
 from lxml import etree
@@ -437,5 +438,5 @@ def test_every_alias_is_installed() -> None:
         assert path.is_file() and os.access(path, os.X_OK), path
         assert path.read_text() == (KVM / "deploy-tweaks").read_text()
     for name in ("presave", "postsave", "prerestore", "postrestore"):
-        path = REPO / "tm" / "storpool" / name
+        path = drivers.tm("storpool") / name
         assert os.access(path, os.X_OK) and "tm_main()" in path.read_text(), path

@@ -9,14 +9,16 @@ on the rules.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 from lxml import etree
 
 from . import registry
 from .errors import InputError, ParamError, TweakError
-from .facts import MOMENT_PREFIXES, Facts, from_documents
+from .facts import MOMENT_PREFIXES, Facts, Supplied, from_documents
 from .normalize import normalize
+from .plugins import supplied_facts
 from .record import record
 from .report import APPLIED, DISABLED, NOT_MATCHED, ROLLED_BACK, SKIPPED, UNCHANGED, Report, RuleResult
 from .rules import DEPLOY, MOMENTS, Rule, idle_reason, resolve
@@ -63,10 +65,14 @@ def apply_rules(
     warn: Callable[[str], None] | None = None,
     moment: str = DEPLOY,
     moment_facts: Mapping[str, str] | None = None,
+    supplied: Supplied | None = None,
 ) -> Outcome:
     """Normalise, then apply the ``rules`` that run at ``moment`` in order; ``warn`` gets
     each warning line. ``moment_facts`` are what the caller knows about the moment (the
     ``dest.*`` facts of a migration); rules for other moments are reported, not run.
+    ``supplied``: the storage side's facts (``tweaks.facts``: ``storage.*``, ``system_ds.*``,
+    ``disk.storage_*``); without them the ``one_tweaks.facts`` supplier is asked when a rule
+    first wants one.
 
     Schema validation costs about a millisecond per call, so the rules first run with
     one validation at the end. Only if that finds an error the input did not have do
@@ -87,6 +93,11 @@ def apply_rules(
         if not name.startswith(MOMENT_PREFIXES):
             raise InputError(f"fact {name!r} cannot be given for a moment (only {', '.join(MOMENT_PREFIXES)}*)")
         facts.scalars[name] = value
+    if supplied is not None:
+        facts.supply(*supplied)
+    else:
+        facts.supplier = functools.partial(supplied_facts, vm.getroot() if vm is not None else None,
+                                           domain.getroot())
     normalized = list(editor.changes)
     pristine = copy.deepcopy(domain.getroot())
 

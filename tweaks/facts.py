@@ -14,12 +14,25 @@ Names (see README "Facts"):
           the destination host of a migration (rules ``on: [migrate]``): its name, the
           address it is reached at, and the CPU features its libvirt reports
           (comma-separated); set by the caller, absent at other moments
+  storage.X  what the storage drivers say (supplied, see below): storage.tm_mads (every
+          TM_MAD a storage backend serves), storage.block_tm_mads (those whose volumes hosts
+          see as block devices: volatile and context disks become type='block'),
+          storage.network_tm_mads (volumes libvirt reaches over the network), storage.px
+  system_ds.X  the VM's system datastore: ID, NAME, TM_MAD and its TEMPLATE attributes
+          (system_ds.BRIDGE_LIST, ...), when the caller has the datastore document
+  disk.storage_form  per disk kept by a storage backend: block or network
 Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matches.
+
+Supplied facts (``storage.*``, ``system_ds.*``, ``disk.storage_*``) come from the storage
+side, never from the engine (which imports no storage code): the deploy hook passes them to
+``engine.apply_rules``; without them, the first question about one asks the supplier that the
+``one_tweaks.facts`` entry point names (``tweaks.plugins``), once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .record import field, record
@@ -27,11 +40,17 @@ from .record import field, record
 if TYPE_CHECKING:
     from lxml import etree
 
-SCALAR_PREFIXES = ("vm.", "template.", "user.", "history.", "domain.", "dest.")
+SCALAR_PREFIXES = ("vm.", "template.", "user.", "history.", "domain.", "dest.", "storage.", "system_ds.")
 # Facts a caller gives for the moment (not read from the documents).
 MOMENT_PREFIXES = ("dest.",)
 LIST_PREFIXES = ("disk.", "nic.")
 _LIST_FACTS = frozenset({"domain.controllers"})
+# facts the storage side supplies (see the module doc)
+SUPPLIED_PREFIXES = ("storage.", "system_ds.", "disk.storage_")
+SUPPLIED_DISK_PREFIX = "storage_"
+
+Supplied = tuple[dict[str, str], dict[str, dict[str, str]]]  # (scalars, disk id -> disk facts)
+Supplier = Callable[["etree._Element | None", "etree._Element | None"], Supplied]
 
 
 def is_list_fact(name: str) -> bool:
@@ -54,6 +73,28 @@ class Facts:
     disks: list[dict[str, str]] = field(default_factory=list)
     nics: list[dict[str, str]] = field(default_factory=list)
     controllers: list[str] = field(default_factory=list)
+    # asked once for the supplied facts when a rule first wants one (None: supplied already)
+    supplier: Callable[[], Supplied | None] | None = None
+
+    def supply(self, scalars: Mapping[str, str], disks: Mapping[str, Mapping[str, str]]) -> None:
+        """Add the storage side's facts: ``scalars`` named ``storage.*``/``system_ds.*``,
+        ``disks`` by DISK_ID with keys ``storage_*`` (others are ignored: supplied facts never
+        replace what the documents say)."""
+        self.supplier = None
+        for name, value in scalars.items():
+            if name.startswith(SUPPLIED_PREFIXES[:2]) and name not in self.scalars:
+                self.scalars[name] = str(value)
+        for entry in self.disks:
+            for key, value in (disks.get(entry.get("id", "")) or {}).items():
+                if key.startswith(SUPPLIED_DISK_PREFIX) and key not in entry:
+                    entry[key] = str(value)
+
+    def _want(self, name: str) -> None:
+        if self.supplier is not None and name.startswith(SUPPLIED_PREFIXES):
+            supplier, self.supplier = self.supplier, None
+            found = supplier()
+            if found is not None:
+                self.supply(*found)
 
     @property
     def vm_id(self) -> str:
@@ -64,10 +105,12 @@ class Facts:
         return int(self.scalars.get("vm.vcpu", "1"))
 
     def get(self, name: str) -> str | None:
+        self._want(name)
         return self.scalars.get(name)
 
     def values(self, name: str) -> list[str]:
         """All values of a fact: one for scalars (if present), one per disk/NIC for lists."""
+        self._want(name)
         if name.startswith("disk."):
             key = name[5:]
             return [d[key] for d in self.disks if key in d]

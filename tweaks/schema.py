@@ -15,8 +15,10 @@ from .conditions import COMPARATORS
 from .rules import MOMENTS
 
 SCHEMA_ID = "https://github.com/one-tweaks/one-tweaks/rules.schema.json"
-SCALAR_FACT = r"^(?:(?:vm|history|domain|dest)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
-ANY_FACT = r"^(?:(?:vm|history|domain|dest|disk|nic)\.[a-z_]+|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$"
+SCALAR_FACT = (r"^(?:(?:vm|history|domain|dest|storage)\.[a-z_]+|system_ds\.[A-Za-z0-9_]+"
+               r"|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$")
+ANY_FACT = (r"^(?:(?:vm|history|domain|dest|disk|nic|storage)\.[a-z_]+|system_ds\.[A-Za-z0-9_]+"
+            r"|(?:template|user)\.[A-Za-z0-9_]+(?:/[A-Za-z0-9_]+)*)$")
 RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 

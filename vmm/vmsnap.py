@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from lxml import etree
 
 from datastore.backend import Backend, Volume
-from datastore.backends import KNOWN
+from datastore.backends import find
 from datastore.driver import Driver
 from onelib import xmldoc
 from onelib.config import Config
@@ -100,7 +100,10 @@ class SnapContext:
         datastore = ops.message_datastore(self.msg, self.ds_id)
         self.tm_mad = xmldoc.text(datastore, "TM_MAD") or xmldoc.text(history, "TM_MAD")
         self.driver: Driver | None = None
-        if self.tm_mad in KNOWN:
+        backend = find(self.tm_mad)
+        if backend is not None:
+            if not backend.group_snapshots:
+                raise DriverError(f"the {self.tm_mad} driver of system datastore {self.ds_id} takes no VM snapshots")
             if datastore is None:
                 datastore = self.oned.datastore(self.ds_id)
             self.driver = Driver(self.tm_mad, datastore, oned=self.oned, config=self.config)
@@ -227,29 +230,12 @@ def snapshot_tags(ctx: SnapContext, snap_id: int) -> dict[str, str]:
 
 def group_snapshot(backend: Backend, items: Sequence[tuple[str, str, Mapping[str, str]]],
                    common: Mapping[str, str]) -> None:
-    """One atomic snapshot of every ``(volume, snapshot, own tags)``, all tagged ``common``.
-    StorPool's VolumesGroupSnapshot takes tags per volume, so that is one call; another
-    backend gets the common tags in its group snapshot and the per-volume ones after."""
-    from datastore.backends.storpool import StorPool
-
-    if isinstance(backend, StorPool):
-        body = {"volumes": [{"volume": vol, "name": snap, "tags": dict(own)} for vol, snap, own in items],
-                "tags": dict(common)}
-        backend.api.call("VolumesGroupSnapshot", body)
-        return
-    backend.group_snapshot([(vol, snap) for vol, snap, _ in items], tags=common)
-    for _, snap, own in items:
-        if own:
-            backend.set_tags(snap, own, snapshot=True)
+    """One atomic snapshot of every ``(volume, snapshot, own tags)``, all tagged ``common``
+    (``Backend.vm_snapshot``)."""
+    backend.vm_snapshot(items, common)
 
 
 def retag(backend: Backend, items: Sequence[tuple[str, str, Mapping[str, str]]], common: Mapping[str, str]) -> None:
-    """The group's tags again, after a group snapshot whose reply was lost: a backend that
-    tags after snapshotting (LINSTOR) may not have got that far. StorPool's group call
-    carries its tags."""
-    from datastore.backends.storpool import StorPool
-
-    if isinstance(backend, StorPool):
-        return
-    for _, snap, own in items:
-        backend.set_tags(snap, {**common, **own}, snapshot=True)
+    """The group's tags again, after a group snapshot whose reply was lost
+    (``Backend.vm_snapshot_retag``)."""
+    backend.vm_snapshot_retag(items, common)

@@ -33,6 +33,6 @@ def run(request: DsRequest) -> str:
                 raise DriverError(f"clone: volume {final} already exists; not overwriting it") from None
             if backend.get(source) is None:
                 raise DriverError(f"clone: the image to clone has no volume {source} "
-                                  f"(in this datastore's StorPool cluster)") from None
+                                  f"(in this datastore's {act.driver.driver} storage)") from None
             raise
     return f"{act.names.source(final)} raw"

@@ -38,7 +38,7 @@ def run(request: DsRequest) -> str:
     if fmt == "save_as":
         return act.names.source(final)
     if fmt not in ("", "raw"):
-        raise DriverError(f"mkfs: FORMAT={fmt!r}: StorPool images are raw block volumes (use FORMAT=raw)")
+        raise DriverError(f"mkfs: FORMAT={fmt!r}: {act.driver.driver} images are raw block volumes (use FORMAT=raw)")
     size_mb = xmldoc.integer(act.image, "SIZE", "mkfs: IMAGE")
     if size_mb <= 0:
         raise DriverError(f"mkfs: IMAGE/SIZE={size_mb} is not a size in MB")

@@ -53,7 +53,7 @@ def remote_backup_setting(value: str) -> tuple[str, dict[str, str]]:
     words = value.split()
     location = words[0]
     if not _LOCATION.fullmatch(location) or location == "list":
-        raise DriverError(f"rm: REMOTE_BACKUP_DELETE location {location!r} is not a StorPool remote location "
+        raise DriverError(f"rm: REMOTE_BACKUP_DELETE location {location!r} is not a remote location "
                           f"name ([A-Za-z0-9_.:-], at most 63 characters); nothing was deleted")
     tags: dict[str, str] = {}
     rest = iter(words[1:])

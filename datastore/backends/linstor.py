@@ -71,10 +71,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import linstor  # type: ignore[import-untyped]
 from linstor import sharedconsts as consts
@@ -83,8 +84,13 @@ from onelib.config import Config
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 from tweaks.record import field, record
 
-from ..backend import Backend, Capacity, HostRef, Usage, Volume
+from ..backend import Attribute, Backend, Capacity, HostRef, Problem, Usage, Volume
 from ..naming import TYPE_CHECKPOINT, Names
+
+if TYPE_CHECKING:
+    import ssl
+
+    from lxml import etree
 
 KiB = 1024
 DEFAULT_DISKLESS_POOL = "DfltDisklessStorPool"
@@ -108,6 +114,114 @@ _COPY = ('i=0; while [ ! -b "$1" ] || [ ! -b "$2" ]; do i=$((i+1)); '
          'exec dd if="$1" of="$2" bs=4M iflag=direct oflag=direct conv=fsync status=none')
 
 T = TypeVar("T")
+DOCTOR_TIMEOUT = 5.0
+CONTROLLER_PORTS = {"linstor": 3370, "http": 3370, "linstor+ssl": 3371, "https": 3371}
+_TLS_SETTINGS = ("LS_CERTFILE", "LS_KEYFILE", "LS_CAFILE")
+
+_VMSNAPSHOT = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{1,47})@vmsnapshot-([0-9]{1,9})-([0-9]{1,12})")
+
+_BY_RES = re.compile(r"/dev/drbd/by-res/([A-Za-z_][A-Za-z0-9_-]{1,47})/0")
+
+
+@record
+class LinstorNames(Names):
+    """addon-linstor_un's resource names (``one-image-7``, ``one-vm-42-disk-0``,
+    ``one-vm-42-checkpoint``; snapshots ``snapshot-<ID>``) with ONE_PX as the leading
+    ``one``, and names in the same style for what that add-on lacks: the UEFI NVRAM volume
+    ``one-vm-<VM>-nvram``, VM snapshots ``vmsnapshot-<ID>-<time>``, backups
+    ``backup-<time>``, marketplace exports ``export-<APP>``.
+
+    Non-persistent image clones, volatile disks (swap too) and the context CD-ROM are all
+    ``one-vm-<VM>-disk-<N>`` (disk ids are unique within a VM). LINSTOR snapshots belong to
+    a resource, so a snapshot's name here is ``<resource>@<snapshot>`` (the Linstor backend
+    splits it). An image's SOURCE is its DRBD device path ``/dev/drbd/by-res/<res>/0``.
+
+    Tags (``tags()``) carry the system datastore (``dsid`` = ``Aux/one/DS_ID``) of every VM
+    disk resource, and a persistent image in use by a VM carries its VM_ID, DS_ID and DISK_ID,
+    as addon-linstor_un sets them (TM ln) and clears them (TM mvds).
+    """
+
+    ds_tag: ClassVar[bool] = True
+
+    def template(self, ds_id: int) -> str:
+        return f"{self.px}-ds-{ds_id}"
+
+    def image(self, image_id: int) -> str:
+        return f"{self.px}-image-{image_id}"
+
+    def staging(self, image_id: int, digest: str) -> str:
+        """addon-linstor_un's temporaries are ``<res>-tmp``; imports here are written into the
+        image's own resource (LINSTOR cannot rename), so this name only ever holds a leftover."""
+        return f"{self.px}-image-{image_id}-tmp"
+
+    def clone(self, image_id: int, vm_id: int, disk_id: int) -> str:
+        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
+
+    def volatile(self, vm_id: int, disk_id: int, swap: bool = False) -> str:
+        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
+
+    def context(self, vm_id: int, disk_id: int) -> str:
+        return f"{self.px}-vm-{vm_id}-disk-{disk_id}"
+
+    def checkpoint(self, vm_id: int) -> str:
+        return f"{self.px}-vm-{vm_id}-checkpoint"
+
+    def nvram(self, vm_id: int) -> str:
+        return f"{self.px}-vm-{vm_id}-nvram"
+
+    def vm_prefix(self, vm_id: int) -> str:
+        return f"{self.px}-vm-{vm_id}-"
+
+    @staticmethod
+    def disk_snapshot(volume: str, snap_id: int) -> str:
+        return f"{volume}@snapshot-{snap_id}"
+
+    @staticmethod
+    def vm_snapshot(volume: str, snap_id: int, timestamp: int) -> str:
+        return f"{volume}@vmsnapshot-{snap_id}-{timestamp}"
+
+    @staticmethod
+    def backup_snapshot(volume: str, timestamp: int) -> str:
+        return f"{volume}@backup-{timestamp}"
+
+    @staticmethod
+    def export_snapshot(volume: str, app_id: int) -> str:
+        return f"{volume}@export-{app_id}"
+
+    @staticmethod
+    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
+        match = _VMSNAPSHOT.fullmatch(name)
+        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+    @staticmethod
+    def disk_snapshot_prefix(volume: str) -> str:
+        return f"{volume}@snapshot-"
+
+    @staticmethod
+    def disk_snapshot_id(volume: str, name: str) -> int | None:
+        match = re.fullmatch(re.escape(volume) + r"@snapshot-([0-9]+)", name)
+        return int(match.group(1)) if match else None
+
+    @staticmethod
+    def split_disk_snapshot(name: str) -> tuple[str, int] | None:
+        match = re.fullmatch(r"(.+)@snapshot-(\d+)", name)
+        return (match.group(1), int(match.group(2))) if match else None
+
+    def disk_owner(self, volume: str) -> tuple[int, int] | None:
+        match = re.fullmatch(rf"{re.escape(self.px)}-vm-(\d+)-disk-(\d+)", volume)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    @staticmethod
+    def source(volume: str) -> str:
+        return f"/dev/drbd/by-res/{volume}/0"
+
+    @staticmethod
+    def source_volume(source: str) -> str:
+        """``/dev/drbd/by-res/<res>/0`` (or a bare resource name) -> ``<res>``; "" otherwise."""
+        match = _BY_RES.fullmatch(source)
+        if match:
+            return match.group(1)
+        return source if _NAME.fullmatch(source) else ""
 
 
 def _words(raw: str) -> list[str]:
@@ -235,7 +349,41 @@ class Placement:
 
 
 class Linstor(Backend):
+    driver = "linstor_un"
     name = "linstor"
+    scheme = LinstorNames
+    # addon-linstor_un's datastore attributes (linstor_load_keys) and our LS_* connection settings
+    attributes = (
+        Attribute("LS_CONTROLLERS", kind="words", doc="controllers, the first that answers is used"),
+        Attribute("LS_CERTFILE", kind="path", doc="TLS client certificate"),
+        Attribute("LS_KEYFILE", kind="path", doc="TLS client key"),
+        Attribute("LS_CAFILE", kind="path", doc="CA of the controllers' certificates"),
+        Attribute("LS_FRONTEND_NODE", doc="the front-end's LINSTOR node name (default: its hostname)"),
+        Attribute("LS_DEVICE_DIR", DEFAULT_DEVICE_DIR, kind="path", doc="where resources' devices appear"),
+        Attribute("RESOURCE_GROUP", doc="resource group new resources join"),
+        Attribute("NODE_LIST", kind="words", doc="a diskful replica on each of these nodes"),
+        Attribute("REPLICA_COUNT", kind="int", doc="auto-placed diskful replicas"),
+        Attribute("AUTO_PLACE", kind="int", doc="older name of REPLICA_COUNT"),
+        Attribute("CHECKPOINT_REPLICA_COUNT", kind="int", doc="replicas of checkpoint volumes"),
+        Attribute("CHECKPOINT_AUTO_PLACE", kind="int", doc="older name of CHECKPOINT_REPLICA_COUNT"),
+        Attribute("STORAGE_POOL", kind="words", doc="pools replicas go to"),
+        Attribute("DISKLESS_POOL", DEFAULT_DISKLESS_POOL, doc="pool of diskless attachments"),
+        Attribute("LAYER_LIST", kind="words", doc="layers of new resources"),
+        Attribute("PROVIDERS", kind="words", doc="provider kinds auto-placement may use"),
+        Attribute("REPLICAS_ON_SAME", kind="words", doc="node properties replicas share"),
+        Attribute("REPLICAS_ON_DIFFERENT", kind="words", doc="node properties replicas must not share"),
+        Attribute("DO_NOT_PLACE_WITH", kind="words", doc="resources to keep away from"),
+        Attribute("DO_NOT_PLACE_WITH_REGEX", doc="resources to keep away from (regular expression)"),
+        Attribute("ENCRYPTION", kind="bool", doc="encrypted volume definitions"),
+        Attribute("PREFER_NODE", kind="bool", doc="a diskful replica on the host a disk is attached to"),
+        Attribute("CLONE_MODE", "copy", doc="copy or snapshot"),
+        Attribute("IMPORT_TIMEOUT", "86400", kind="int", doc="seconds a data copy may take"),
+    )
+    attribute_prefixes = ("LS_",)
+    # addon-linstor_un's README
+    tm_mad_conf = (("LN_TARGET", "NONE"), ("CLONE_TARGET", "SELF"), ("SHARED", "YES"))
+    ds_mad_conf = (("PERSISTENT_ONLY", "NO"),)
+    vmm_aliases: ClassVar[dict[str, str]] = {"save_linstor_un": "save", "restore_linstor_un": "restore"}
     can_rename = False
     delayed_delete = False
 
@@ -259,6 +407,43 @@ class Linstor(Backend):
         return cls(controllers, Placement.from_config(config),
                    timeout=float(config.integer("API_TIMEOUT") or 30), certfile=certfile, keyfile=keyfile,
                    cafile=cafile, copy_timeout=float(config.integer("IMPORT_TIMEOUT") or 86400))
+
+    @classmethod
+    def doctor(cls, config: Config, datastores: Callable[[], Sequence[etree._Element]], problem: Problem) -> None:
+        """For each linstor_un datastore: does a controller of its LS_CONTROLLERS answer? The
+        drivers take the first that does, so one line per datastore none of whose controllers
+        answers, and one per datastore with some unreachable (failover then has fewer left)."""
+        from onelib import xmldoc
+
+        conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
+        try:
+            found = datastores()
+        except DriverError as exc:
+            problem(f"api: cannot list the linstor_un datastores ({exc}): check ONE_XMLRPC/ONE_AUTH for this user; "
+                    "--offline skips this check")
+            return
+        super().doctor(config, datastores, problem)
+        probed: dict[tuple[str, ...], str] = {}  # (controller, TLS files) -> "" or why it does not answer
+        for ds in found:
+            label = f"datastore {xmldoc.text(ds, 'ID')} ({xmldoc.text(ds, 'NAME')})"
+            cfg = cls.configure(config, xmldoc.template_attrs(ds.find("TEMPLATE")))
+            tls = tuple(cfg.get(k).strip() for k in _TLS_SETTINGS)
+            raw = cfg.get("LS_CONTROLLERS").strip() or os.environ.get("LS_CONTROLLERS", "").strip() or "localhost"
+            controllers = [c for c in re.split(r"[\s,]+", raw) if c]
+            for c in controllers:
+                if (c, *tls) not in probed:
+                    probed[(c, *tls)] = _probe_controller(c, tls)
+            errors = {c: probed[(c, *tls)] for c in controllers if probed[(c, *tls)]}
+            where = f"LS_CONTROLLERS of its template or {conf_path}"
+            if len(errors) == len(controllers):
+                detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
+                problem(f"api: no LINSTOR controller of {label} answers ({detail}): every linstor_un action on it "
+                        f"fails; check {where} (and LS_CERTFILE/LS_KEYFILE/LS_CAFILE for TLS) and that this "
+                        "front-end can reach the controller; --offline skips this check")
+            elif errors:
+                detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
+                problem(f"api: LINSTOR controller(s) of {label} unreachable ({detail}): the drivers fail over to "
+                        f"the others, but fix or remove them in {where}")
 
     @classmethod
     def host_ref(cls, name: str, attrs: Mapping[str, str], config: Config) -> HostRef:
@@ -857,6 +1042,78 @@ def _error(what: str, reply: Any) -> DriverError:
     err = cls(text)
     err.code = code  # type: ignore[attr-defined]
     return err
+
+
+def _tls_context(certfile: str, keyfile: str, cafile: str) -> ssl.SSLContext:
+    """The TLS client side as python-linstor sets it up for the drivers: the controller's
+    certificate verified (with its host name) only against LS_CAFILE, not verified without it
+    (as the drivers then do not either); the client certificate from LS_CERTFILE/LS_KEYFILE."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        context.load_verify_locations(cafile)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if keyfile and not certfile:
+        raise ValueError("LS_KEYFILE is set without LS_CERTFILE")
+    if certfile:
+        context.load_cert_chain(certfile, keyfile or None)
+    return context
+
+
+def _probe_controller(controller: str, tls: tuple[str, ...]) -> str:
+    """"" when ``controller`` answers GET /v1/controller/version as LINSTOR does, else why not."""
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+
+    certfile, keyfile, cafile = tls
+    default = "linstor+ssl" if any(tls) else "linstor"
+    try:
+        parts = urlsplit(controller if "://" in controller else f"{default}://{controller}")
+        scheme = parts.scheme.lower()
+        if scheme not in CONTROLLER_PORTS or not parts.hostname:
+            return "not a controller address (host[:port], linstor:// or linstor+ssl://)"
+        port = parts.port or CONTROLLER_PORTS[scheme]
+    except ValueError as exc:
+        return f"not a controller address ({exc})"
+    conn: http.client.HTTPConnection
+    try:
+        if scheme in ("linstor+ssl", "https"):
+            conn = http.client.HTTPSConnection(parts.hostname, port, timeout=DOCTOR_TIMEOUT,
+                                               context=_tls_context(certfile, keyfile, cafile))
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, port, timeout=DOCTOR_TIMEOUT)
+    except (OSError, ValueError) as exc:
+        return f"TLS settings: {exc}"
+    try:
+        conn.request("GET", "/v1/controller/version", headers={"Connection": "close",
+                                                               "User-Agent": "one-tweaks-doctor"})
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {DOCTOR_TIMEOUT:g}s"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"its TLS certificate does not verify against LS_CAFILE {cafile} "
+                    f"({exc.verify_message or exc.reason})")
+        if isinstance(exc, ssl.SSLError):
+            who = "without a client certificate (LS_CERTFILE/LS_KEYFILE)" if not certfile else \
+                f"with the client certificate {certfile}"
+            return f"TLS handshake failed {who}: {exc.reason or exc}"
+        return str(exc) or type(exc).__name__
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(body) if body else None
+    except ValueError:
+        reply = None
+    if status != 200 or not isinstance(reply, dict) or "version" not in reply:
+        return f"HTTP {status} without LINSTOR's version reply: is this a LINSTOR controller?"
+    return ""
 
 
 BACKEND = Linstor

@@ -8,16 +8,22 @@ Hosts are StorPool client ids (SP_OURID); an attached volume appears on its host
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from onelib.config import Config
 from onelib.errors import DriverError, NotFound
 
-from ..backend import Backend, Capacity, HostRef, Usage, Volume
+from ..backend import Attribute, Backend, Capacity, HostRef, Problem, Usage, Volume
 from ..naming import Names
 from .storpool_api import Api, read_storpool_conf
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+DOCTOR_TIMEOUT = 5.0
 
 
 def _volume(raw: Mapping[str, Any], snapshot: bool) -> Volume:
@@ -34,8 +40,44 @@ def _volume(raw: Mapping[str, Any], snapshot: bool) -> Volume:
     )
 
 
+def api_settings(config: Config) -> tuple[str, str, str]:
+    """(host, port, token) of the StorPool API: the driver configuration (with a datastore's
+    own SP_API_HTTP_HOST/PORT and SP_AUTH_TOKEN on top: several clusters), else
+    ``/etc/storpool.conf`` (SP_STORPOOL_CONF) as StorPool's tools read it."""
+    conf = read_storpool_conf(config.get("SP_STORPOOL_CONF") or "/etc/storpool.conf")
+    host = config.get("SP_API_HTTP_HOST") or conf.get("SP_API_HTTP_HOST", "")
+    port = config.get("SP_API_HTTP_PORT") or conf.get("SP_API_HTTP_PORT", "81")
+    token = config.get("SP_AUTH_TOKEN") or conf.get("SP_AUTH_TOKEN", "")
+    return host, port, token
+
+
 class StorPool(Backend):
+    driver = "storpool"
     name = "storpool"
+    # addon-storpool's addon-storpoolrc names; every SP_* attribute of a datastore is its own
+    attributes = (
+        Attribute("SP_API_HTTP_HOST", doc="StorPool API host (else /etc/storpool.conf)"),
+        Attribute("SP_API_HTTP_PORT", "", kind="int", doc="StorPool API port (else /etc/storpool.conf, else 81)"),
+        Attribute("SP_AUTH_TOKEN", doc="StorPool API token (else /etc/storpool.conf)"),
+        Attribute("SP_DEVICE_DIR", "/dev/storpool", kind="path", doc="where attached volumes appear on hosts"),
+        Attribute("SP_STORPOOL_CONF", "/etc/storpool.conf", kind="path", doc="StorPool's own configuration"),
+        Attribute("SP_TEMPLATE", doc="the datastore's StorPool template (default <ONE_PX>-ds-<ID>)"),
+    )
+    attribute_prefixes = ("SP_",)
+    # addon-storpool's README and misc/autoconf.rb
+    tm_mad_conf = (("LN_TARGET", "NONE"), ("CLONE_TARGET", "SELF"), ("SHARED", "YES"), ("DS_MIGRATE", "YES"),
+                   ("DRIVER", "raw"), ("ALLOW_ORPHANS", "YES"))
+    ds_mad_conf = (("REQUIRED_ATTRS", "DISK_TYPE"), ("PERSISTENT_ONLY", "NO"), ("MARKETPLACE_ACTIONS", "export"))
+    # the image's SP_QOSCLASS becomes the volume's StorPool QoS tag: a storage priority against
+    # every other tenant's volumes
+    restricted_attrs = (("IMAGE_RESTRICTED_ATTR", "SP_QOSCLASS"),)
+    # addon-storpool's vmm/kvm scripts and tmsaverestore names
+    vmm_aliases: ClassVar[dict[str, str]] = {
+        "tmsave": "save", "tmrestore": "restore",
+        "attach_disk.storpool": "attach_disk", "attach_disk.cdrom": "attach_disk", "detach_disk.cdrom": "detach_disk",
+        "snapshot_create-storpool": "snapshotcreate", "snapshot_revert-storpool": "snapshotrevert",
+        "snapshot_delete-storpool": "snapshotdelete",
+    }
     remote_backup = True
 
     def __init__(self, api: Api, *, attach_timeout: int = 20) -> None:
@@ -46,10 +88,7 @@ class StorPool(Backend):
     def from_config(cls, config: Config) -> StorPool:
         """Connection settings: ``/etc/storpool.conf``, then the driver configuration, then the
         datastore's own SP_API_HTTP_HOST/PORT and SP_AUTH_TOKEN (several clusters)."""
-        conf = read_storpool_conf(config.get("SP_STORPOOL_CONF"))
-        host = config.get("SP_API_HTTP_HOST") or conf.get("SP_API_HTTP_HOST", "")
-        port = config.get("SP_API_HTTP_PORT") or conf.get("SP_API_HTTP_PORT", "81")
-        token = config.get("SP_AUTH_TOKEN") or conf.get("SP_AUTH_TOKEN", "")
+        host, port, token = api_settings(config)
         if not port.isdigit():
             raise DriverError(f"SP_API_HTTP_PORT={port!r} is not a port number")
         api = Api(host, int(port), token, timeout=float(config.integer("API_TIMEOUT") or 30),
@@ -62,12 +101,70 @@ class StorPool(Backend):
         storpool.conf) and its device directory (SP_DEVICE_DIR, host's then configuration's)."""
         client = attrs.get("SP_OURID", "")
         if not client:
-            client = read_storpool_conf(config.get("SP_STORPOOL_CONF"), name or None).get("SP_OURID", "")
+            conf = config.get("SP_STORPOOL_CONF") or "/etc/storpool.conf"
+            client = read_storpool_conf(conf, name or None).get("SP_OURID", "")
         if not client.isdigit():
             where = f"host {name}" if name else "the front-end"
             raise DriverError(f"no StorPool client id (SP_OURID) for {where}: set it in the host's template")
         device_dir = attrs.get("SP_DEVICE_DIR") or config.get("SP_DEVICE_DIR") or "/dev/storpool"
         return HostRef(name=name, client=client, device_dir=device_dir)
+
+    @classmethod
+    def doctor(cls, config: Config, datastores: Callable[[], Sequence[etree._Element]], problem: Problem) -> None:
+        """The StorPool API answers one cheap GET with the configured token (not configured at
+        all is fine when oned lists no storpool datastore)."""
+        super().doctor(config, datastores, problem)
+        import http.client
+        import json
+
+        conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
+        try:
+            host, port, token = api_settings(config)
+        except DriverError as exc:
+            problem(f"api: {exc}: fix that file")
+            return
+        if not host or not token:
+            try:
+                if not datastores():
+                    return  # e.g. a front-end with no storpool datastore: no StorPool API to reach
+            except DriverError:
+                pass
+            problem(f"api: StorPool API not configured: set SP_API_HTTP_HOST, SP_API_HTTP_PORT and SP_AUTH_TOKEN "
+                    f"in {conf_path} (or {config.get('SP_STORPOOL_CONF')}); --offline skips this check")
+            return
+        if not port.isdigit():
+            problem(f"api: SP_API_HTTP_PORT={port!r} is not a port number: fix it in {conf_path}")
+            return
+        where = f"{host}:{port}"
+        conn = http.client.HTTPConnection(host, int(port), timeout=DOCTOR_TIMEOUT)
+        try:
+            conn.request("GET", "/ctrl/1.0/ServicesList",
+                         headers={"Authorization": f"Storpool v1:{token}", "Connection": "close"})
+            response = conn.getresponse()
+            status, raw = response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {DOCTOR_TIMEOUT:g}s"
+            problem(f"api: StorPool API {where} unreachable ({reason}): check SP_API_HTTP_HOST/SP_API_HTTP_PORT in "
+                    f"{conf_path} and that this front-end can reach it; --offline skips this check")
+            return
+        finally:
+            conn.close()
+        try:
+            reply = json.loads(raw) if raw else {}
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            problem(f"api: {where} answered HTTP {status} without StorPool's JSON: is SP_API_HTTP_HOST/PORT the "
+                    f"StorPool API? fix it in {conf_path}")
+            return
+        if "error" in reply or status >= 400:
+            error = reply.get("error")
+            err: dict[str, object] = error if isinstance(error, dict) else {}
+            what = f"{err.get('name', 'HTTP ' + str(status))}: {err.get('descr', '')}".rstrip(": ")
+            hint = "check SP_AUTH_TOKEN" if status in (401, 403) or "auth" in what.lower() else "check the API"
+            problem(f"api: StorPool API {where} refused a request ({what}): {hint} in {conf_path}")
 
     @classmethod
     def default_placement(cls, config: Config, names: Names, ds_id: int) -> str:
@@ -150,6 +247,16 @@ class StorPool(Backend):
         if tags:
             body["tags"] = dict(tags)
         self.api.call("VolumesGroupSnapshot", body)
+
+    def vm_snapshot(self, items: Sequence[tuple[str, str, Mapping[str, str]]], common: Mapping[str, str]) -> None:
+        """VolumesGroupSnapshot takes tags per volume: one call for the whole group."""
+        body = {"volumes": [{"volume": vol, "name": snap, "tags": dict(own)} for vol, snap, own in items],
+                "tags": dict(common)}
+        self.api.call("VolumesGroupSnapshot", body)
+
+    def vm_snapshot_retag(self, items: Sequence[tuple[str, str, Mapping[str, str]]],
+                          common: Mapping[str, str]) -> None:
+        """Nothing to do: the group call carries its tags (a group that exists is tagged)."""
 
     def revert(self, volume: str, snapshot: str) -> None:
         self.api.call(f"VolumeRevert/{volume}", {"toSnapshot": snapshot})

@@ -12,12 +12,13 @@ the same simulator for every call used here, which keeps both honest.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from onelib import http
-from onelib.config import read_storpool_conf as read_storpool_conf  # re-exported for the drivers
+from onelib.config import parse_shell_vars
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 
 API_PREFIX = "/ctrl/1.0/"
@@ -114,3 +115,34 @@ class Api:
         if status >= 400:
             return StorPoolError(call, "httpError", f"HTTP {status}", status >= 500)
         return reply.get("data")
+
+
+def read_storpool_conf(path: str, hostname: str | None = None) -> dict[str, str]:
+    """``/etc/storpool.conf`` (and ``.conf.d/*.conf``): global ``KEY=value`` lines, then the
+    ``[hostname]`` section's (this host's by default), the way StorPool's tools read it."""
+    import socket
+
+    files = [path]
+    conf_d = path + ".d"
+    if os.path.isdir(conf_d):
+        files += sorted(os.path.join(conf_d, f) for f in os.listdir(conf_d) if f.endswith(".conf"))
+    host = hostname or socket.gethostname()
+    values: dict[str, str] = {}
+    for name in files:
+        try:
+            with open(name, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        sections: dict[str, list[str]] = {"": []}
+        current = ""
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                current = stripped[1:-1].strip()
+                sections.setdefault(current, [])
+            else:
+                sections[current].append(line)
+        values.update(parse_shell_vars("\n".join(sections[""]), name))
+        values.update(parse_shell_vars("\n".join(sections.get(host, [])), name))
+    return values

@@ -12,30 +12,27 @@ Checks (``--skip`` takes their names; ``--offline`` skips ``api``):
 - ``scripts``: every executable is installed, executable, runs this installation's Python,
   and that Python imports the drivers.
 - ``libvirt``: libvirt's domain schema exists (the tweak engine validates with it).
-- ``api``: the storage API answers one cheap GET with the configured token (StorPool; not
-  configured at all is fine when oned lists no storpool datastore);
-  for every ``linstor_un`` datastore oned lists, a LINSTOR controller of its LS_CONTROLLERS
-  (datastore template over the configuration; TLS with LS_CERTFILE/LS_KEYFILE/LS_CAFILE,
-  set up as python-linstor sets it up for the drivers) answers ``GET /v1/controller/version``.
+- ``api``: each storage backend's own checks (``datastore.backend.Backend.doctor``): its API
+  answers, with the settings of each of its datastores oned lists (see the backends).
 - ``rules``: ``one-tweaks check`` passes on the rule files.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
+import functools
 import os
-import re
-import ssl
 import subprocess
 import sys
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from .. import xmldoc
-from ..config import Config, read_storpool_conf
+from ..config import Config
 from ..errors import DriverError
 from . import files, patch, plan
 from . import template as t
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 CHECKS = ("oned", "vmm", "restricted", "execrc", "scripts", "libvirt", "api", "rules")
 
@@ -92,10 +89,8 @@ def run(remotes: str, oned_conf: str, vmm_execrc: str, skip: set[str]) -> int:
         if not os.path.isfile(rng):
             report.add(f"libvirt: schema {rng} missing: the tweak engine cannot validate the domain XML it "
                        "writes; install libvirt0 (Debian/Ubuntu) or libvirt-libs (RHEL)")
-    if "api" not in skip and "storpool" in the_plan.drivers:
-        check_storpool_api(report)
-    if "api" not in skip and "linstor_un" in the_plan.drivers:
-        check_linstor_controllers(report)
+    if "api" not in skip:
+        check_backends(the_plan.drivers, report)
     if "rules" not in skip:
         check_rules(report)
     for line in report.problems:
@@ -148,7 +143,7 @@ def check_lists(attrs: list[t.Attr], the_plan: plan.Plan, report: Report) -> Non
 
 def check_confs(attrs: list[t.Attr], the_plan: plan.Plan, report: Report) -> None:
     for d in the_plan.drivers:
-        conf = plan.DRIVER_CONF[d]
+        conf = plan.driver_conf(d)
         for vector, pairs, strict in (("TM_MAD_CONF", conf.tm_mad_conf, True),
                                       ("DS_MAD_CONF", conf.ds_mad_conf, False)):
             found = t.find(attrs, vector, NAME=d)
@@ -203,9 +198,10 @@ def check_execrc(path: str, the_plan: plan.Plan, report: Report) -> None:
         report.add(f"vmm_execrc: {exc}; give its path with --vmm-execrc")
         return
     for d in the_plan.drivers:
-        if f"kvm-{d}" not in (words or []):
-            report.add(f"vmm_execrc: LIVE_DISK_SNAPSHOTS lacks kvm-{d}: oned refuses disk snapshots of running "
-                       f"VMs on {d}; add kvm-{d} to it in {path}: {INSTALL}")
+        for word in plan.driver_conf(d).live_disk_snapshots:
+            if word not in (words or []):
+                report.add(f"vmm_execrc: LIVE_DISK_SNAPSHOTS lacks {word}: oned refuses disk snapshots of running "
+                           f"VMs on {d}; add {word} to it in {path}: {INSTALL}")
 
 
 # --- executables -------------------------------------------------------------------------
@@ -271,183 +267,50 @@ def check_scripts(remotes: str, the_plan: plan.Plan, report: Report) -> None:
 # --- storage API -------------------------------------------------------------------------
 
 
-def check_storpool_api(report: Report) -> None:
-    conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
-    try:
-        config = Config.load()
-        sp = read_storpool_conf(config.get("SP_STORPOOL_CONF"))
-    except DriverError as exc:
-        report.add(f"api: {exc}: fix that file")
-        return
-    host = config.get("SP_API_HTTP_HOST") or sp.get("SP_API_HTTP_HOST", "")
-    port = config.get("SP_API_HTTP_PORT") or sp.get("SP_API_HTTP_PORT", "81")
-    token = config.get("SP_AUTH_TOKEN") or sp.get("SP_AUTH_TOKEN", "")
-    if not host or not token:
-        if _no_datastore_of("storpool"):
-            return  # e.g. a LINSTOR-only front-end: no StorPool API to reach
-        report.add(f"api: StorPool API not configured: set SP_API_HTTP_HOST, SP_API_HTTP_PORT and SP_AUTH_TOKEN in "
-                   f"{conf_path} (or {config.get('SP_STORPOOL_CONF')}); --offline skips this check")
-        return
-    if not port.isdigit():
-        report.add(f"api: SP_API_HTTP_PORT={port!r} is not a port number: fix it in {conf_path}")
-        return
-    where = f"{host}:{port}"
-    conn = http.client.HTTPConnection(host, int(port), timeout=API_TIMEOUT)
-    try:
-        conn.request("GET", "/ctrl/1.0/ServicesList",
-                     headers={"Authorization": f"Storpool v1:{token}", "Connection": "close"})
-        response = conn.getresponse()
-        status, raw = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {API_TIMEOUT:g}s"
-        report.add(f"api: StorPool API {where} unreachable ({reason}): check SP_API_HTTP_HOST/SP_API_HTTP_PORT in "
-                   f"{conf_path} and that this front-end can reach it; --offline skips this check")
-        return
-    finally:
-        conn.close()
-    try:
-        reply = json.loads(raw) if raw else {}
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        report.add(f"api: {where} answered HTTP {status} without StorPool's JSON: is SP_API_HTTP_HOST/PORT the "
-                   f"StorPool API? fix it in {conf_path}")
-        return
-    if "error" in reply or status >= 400:
-        error = reply.get("error")
-        err: dict[str, object] = error if isinstance(error, dict) else {}
-        what = f"{err.get('name', 'HTTP ' + str(status))}: {err.get('descr', '')}".rstrip(": ")
-        hint = "check SP_AUTH_TOKEN" if status in (401, 403) or "auth" in what.lower() else "check the API"
-        report.add(f"api: StorPool API {where} refused a request ({what}): {hint} in {conf_path}")
-
-
-# --- LINSTOR controllers ---------------------------------------------------------------
-
-LINSTOR_PORTS = {"linstor": 3370, "http": 3370, "linstor+ssl": 3371, "https": 3371}
-_LINSTOR_TLS = ("LS_CERTFILE", "LS_KEYFILE", "LS_CAFILE")
-
-
-def _no_datastore_of(driver: str) -> bool:
-    """oned answers and lists no datastore of ``driver`` (False when oned cannot be asked)."""
-    from ..oned import Oned
-
-    try:
-        pool = xmldoc.parse(Oned(timeout=API_TIMEOUT).call("one.datastorepool.info"), "one.datastorepool.info")
-    except DriverError:
-        return False
-    return not any(driver in (xmldoc.text(ds, "TM_MAD"), xmldoc.text(ds, "DS_MAD"))
-                   for ds in pool.iterfind("DATASTORE"))
-
-
-def check_linstor_controllers(report: Report) -> None:
-    """For each linstor_un datastore: does a controller of its LS_CONTROLLERS answer? The
-    drivers take the first that does, so one line per datastore none of whose controllers
-    answers, and one per datastore with some unreachable (failover then has fewer left)."""
-    conf_path = os.environ.get("ONE_TWEAKS_CONF") or "/etc/one/one-tweaks.conf"
+def check_backends(drivers: list[str], report: Report) -> None:
+    """Each backend's own checks (its ``doctor`` method), with one-tweaks.conf and the
+    datastores of its driver oned lists (asked once, when a backend wants them)."""
     try:
         config = Config.load()
     except DriverError as exc:
         report.add(f"api: {exc}: fix that file")
         return
-    from ..oned import Oned
-
+    pool = _Pool()
     try:
-        pool = xmldoc.parse(Oned(timeout=API_TIMEOUT).call("one.datastorepool.info"),
-                            "one.datastorepool.info")
-    except DriverError as exc:
-        report.add(f"api: cannot list the linstor_un datastores ({exc}): check ONE_XMLRPC/ONE_AUTH for this user; "
-                   "--offline skips this check")
+        from datastore.backends import backend_class
+    except ImportError as exc:
+        report.add(f"api: the storage drivers cannot be imported ({exc}): reinstall one-tweaks")
         return
-    probed: dict[tuple[str, ...], str] = {}  # (controller, TLS files) -> "" or why it does not answer
-    for ds in pool.iterfind("DATASTORE"):
-        if "linstor_un" not in (xmldoc.text(ds, "TM_MAD"), xmldoc.text(ds, "DS_MAD")):
+    for driver in drivers:
+        try:
+            cls = backend_class(driver)
+        except (ImportError, DriverError) as exc:
+            report.add(f"api: the {driver} backend cannot be loaded ({exc}): install what it needs "
+                       "(see the README), or reinstall one-tweaks")
             continue
-        label = f"datastore {xmldoc.text(ds, 'ID')} ({xmldoc.text(ds, 'NAME')})"
-        cfg = config.overlay(xmldoc.template_attrs(ds.find("TEMPLATE")))
-        tls = tuple(cfg.get(k).strip() for k in _LINSTOR_TLS)
-        raw = cfg.get("LS_CONTROLLERS").strip() or os.environ.get("LS_CONTROLLERS", "").strip() or "localhost"
-        controllers = [c for c in re.split(r"[\s,]+", raw) if c]
-        for c in controllers:
-            if (c, *tls) not in probed:
-                probed[(c, *tls)] = _probe_linstor(c, tls)
-        errors = {c: probed[(c, *tls)] for c in controllers if probed[(c, *tls)]}
-        where = f"LS_CONTROLLERS of its template or {conf_path}"
-        if len(errors) == len(controllers):
-            detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
-            report.add(f"api: no LINSTOR controller of {label} answers ({detail}): every linstor_un action on it "
-                       f"fails; check {where} (and LS_CERTFILE/LS_KEYFILE/LS_CAFILE for TLS) and that this "
-                       "front-end can reach the controller; --offline skips this check")
-        elif errors:
-            detail = "; ".join(f"{c}: {e}" for c, e in errors.items())
-            report.add(f"api: LINSTOR controller(s) of {label} unreachable ({detail}): the drivers fail over to "
-                       f"the others, but fix or remove them in {where}")
+        cls.doctor(config, functools.partial(pool.of, driver), report.add)
 
 
-def _linstor_tls(certfile: str, keyfile: str, cafile: str) -> ssl.SSLContext:
-    """The TLS client side as python-linstor sets it up for the drivers: the controller's
-    certificate verified (with its host name) only against LS_CAFILE, not verified without it
-    (as the drivers then do not either); the client certificate from LS_CERTFILE/LS_KEYFILE."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if cafile:
-        context.load_verify_locations(cafile)
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if keyfile and not certfile:
-        raise ValueError("LS_KEYFILE is set without LS_CERTFILE")
-    if certfile:
-        context.load_cert_chain(certfile, keyfile or None)
-    return context
+class _Pool:
+    """oned's datastores, asked for once (when a backend's check first wants them)."""
 
+    def __init__(self) -> None:
+        self.datastores: list[etree._Element] | None = None
+        self.failure: DriverError | None = None
 
-def _probe_linstor(controller: str, tls: tuple[str, ...]) -> str:
-    """"" when ``controller`` answers GET /v1/controller/version as LINSTOR does, else why not."""
-    certfile, keyfile, cafile = tls
-    default = "linstor+ssl" if any(tls) else "linstor"
-    try:
-        parts = urlsplit(controller if "://" in controller else f"{default}://{controller}")
-        scheme = parts.scheme.lower()
-        if scheme not in LINSTOR_PORTS or not parts.hostname:
-            return "not a controller address (host[:port], linstor:// or linstor+ssl://)"
-        port = parts.port or LINSTOR_PORTS[scheme]
-    except ValueError as exc:
-        return f"not a controller address ({exc})"
-    conn: http.client.HTTPConnection
-    try:
-        if scheme in ("linstor+ssl", "https"):
-            conn = http.client.HTTPSConnection(parts.hostname, port, timeout=API_TIMEOUT,
-                                               context=_linstor_tls(certfile, keyfile, cafile))
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, port, timeout=API_TIMEOUT)
-    except (OSError, ValueError) as exc:
-        return f"TLS settings: {exc}"
-    try:
-        conn.request("GET", "/v1/controller/version", headers={"Connection": "close",
-                                                               "User-Agent": "one-tweaks-doctor"})
-        response = conn.getresponse()
-        status, body = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {API_TIMEOUT:g}s"
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return (f"its TLS certificate does not verify against LS_CAFILE {cafile} "
-                    f"({exc.verify_message or exc.reason})")
-        if isinstance(exc, ssl.SSLError):
-            who = "without a client certificate (LS_CERTFILE/LS_KEYFILE)" if not certfile else \
-                f"with the client certificate {certfile}"
-            return f"TLS handshake failed {who}: {exc.reason or exc}"
-        return str(exc) or type(exc).__name__
-    finally:
-        conn.close()
-    try:
-        reply = json.loads(body) if body else None
-    except ValueError:
-        reply = None
-    if status != 200 or not isinstance(reply, dict) or "version" not in reply:
-        return f"HTTP {status} without LINSTOR's version reply: is this a LINSTOR controller?"
-    return ""
+    def of(self, driver: str) -> list[etree._Element]:
+        """The datastores whose TM_MAD or DS_MAD is ``driver``; DriverError when oned cannot be asked."""
+        if self.datastores is None and self.failure is None:
+            from ..oned import Oned
+
+            try:
+                root = xmldoc.parse(Oned(timeout=API_TIMEOUT).call("one.datastorepool.info"), "one.datastorepool.info")
+                self.datastores = list(root.iterfind("DATASTORE"))
+            except DriverError as exc:
+                self.failure = exc
+        if self.failure is not None:
+            raise self.failure
+        return [ds for ds in self.datastores or () if driver in (xmldoc.text(ds, "TM_MAD"), xmldoc.text(ds, "DS_MAD"))]
 
 
 # --- rules -------------------------------------------------------------------------------

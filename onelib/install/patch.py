@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from . import template as t
-from .plan import DEFAULT_SYSTEM_DS, DRIVER_CONF, Plan
+from .plan import DEFAULT_SYSTEM_DS, Plan, driver_conf
 
 Edit = dict[str, Any]
 
@@ -164,7 +164,7 @@ def patch_oned(text: str, plan: Plan) -> tuple[str, list[Edit], list[str]]:
     text = _patch_args(text, "VM_MAD", {"NAME": "kvm"}, lambda a, r: set_local_actions(a, plan, r), edits, warnings)
 
     for driver in drivers:
-        conf = DRIVER_CONF[driver]
+        conf = driver_conf(driver)
         for vector, pairs in (("TM_MAD_CONF", conf.tm_mad_conf), ("DS_MAD_CONF", conf.ds_mad_conf)):
             existing = t.find(t.parse(text), vector, NAME=driver)
             if existing:
@@ -218,7 +218,7 @@ def live_snapshot_words(text: str) -> list[str] | None:
 
 
 def patch_vmm_execrc(text: str, drivers: list[str]) -> tuple[str, list[Edit]]:
-    wanted = [f"kvm-{d}" for d in drivers]
+    wanted = [w for d in drivers for w in driver_conf(d).live_disk_snapshots]
     found = _lds_lines(text)
     if not found:
         prefix = "" if text.endswith("\n") or not text else "\n"

@@ -2,49 +2,38 @@
 the executables and the VMM local overrides.
 
 Nothing here imports the driver packages (``datastore``, ``tm``, ``vmm``, ``tweaks``): the
-actions are the modules found in their ``actions`` directories, and the drivers are the
-keys of ``KNOWN`` in ``datastore/backends/__init__.py``, read as text.
+actions are the modules found in their ``actions`` directories, and the drivers and their
+oned.conf settings are the storage backends' declarations, read as text (``declared``).
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import DriverError
+from . import declared
+from .declared import DriverConf
 
 
-@dataclass(frozen=True)
-class DriverConf:
-    """oned.conf settings of one storage driver (values from the seed add-ons)."""
-
-    tm_mad_conf: tuple[tuple[str, str], ...]
-    ds_mad_conf: tuple[tuple[str, str], ...]
-    # other restricted attributes the driver reads from objects users create
-    restricted: tuple[tuple[str, str], ...] = ()
+def driver_conf(driver: str) -> DriverConf:
+    """The oned.conf settings a backend declares for ``driver`` (install refuses to guess)."""
+    confs = declared.driver_confs()
+    if driver not in confs:
+        raise DriverError(f"no storage backend declares the driver {driver!r} (datastore/backends/)")
+    return confs[driver]
 
 
-# One entry per storage driver this package can serve; a driver listed in
-# datastore.backends.KNOWN must have an entry here (install refuses to guess).
-DRIVER_CONF: dict[str, DriverConf] = {
-    # addon-storpool's README and misc/autoconf.rb
-    "storpool": DriverConf(
-        tm_mad_conf=(("LN_TARGET", "NONE"), ("CLONE_TARGET", "SELF"), ("SHARED", "YES"), ("DS_MIGRATE", "YES"),
-                     ("DRIVER", "raw"), ("ALLOW_ORPHANS", "YES")),
-        ds_mad_conf=(("REQUIRED_ATTRS", "DISK_TYPE"), ("PERSISTENT_ONLY", "NO"), ("MARKETPLACE_ACTIONS", "export")),
-        # the image's SP_QOSCLASS becomes the volume's StorPool QoS tag: a storage priority
-        # against every other tenant's volumes
-        restricted=(("IMAGE_RESTRICTED_ATTR", "SP_QOSCLASS"),),
-    ),
-    # addon-linstor_un's README
-    "linstor_un": DriverConf(
-        tm_mad_conf=(("LN_TARGET", "NONE"), ("CLONE_TARGET", "SELF"), ("SHARED", "YES")),
-        ds_mad_conf=(("PERSISTENT_ONLY", "NO"),),
-    ),
-}
+def __getattr__(name: str) -> Any:
+    if name == "DRIVER_CONF":  # every backend's declaration, by driver name
+        return declared.driver_confs()
+    if name == "VMM_ALIASES":
+        return vmm_aliases()
+    raise AttributeError(name)
+
 
 # one_datastore.rb's SYSTEM_DS_TYPES: what "-s" means when the option is absent. Adding a
 # driver to an absent -s must keep these.
@@ -70,22 +59,17 @@ VMM_OVERRIDES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("resize_disk", ("resize_disk",), "resize_disk-tweaks"),
 )
 
-# Script names the seed add-ons put in -l (value: the -l key they serve), installed as
-# aliases of our override for that key so that existing oned.conf lines keep working (and
-# are accepted as configured). An alias runs vmm.actions.<its name by vmm/entry.py's rule>
-# when vmm provides such a module, else the key's own module.
-VMM_ALIASES: dict[str, str] = {
-    "tmsave": "save",  # addon-storpool tmsaverestore
-    "tmrestore": "restore",
-    "save_linstor_un": "save",  # addon-linstor_un
-    "restore_linstor_un": "restore",
-    "attach_disk.storpool": "attach_disk",  # addon-storpool vmm/kvm
-    "attach_disk.cdrom": "attach_disk",
-    "detach_disk.cdrom": "detach_disk",
-    "snapshot_create-storpool": "snapshotcreate",
-    "snapshot_revert-storpool": "snapshotrevert",
-    "snapshot_delete-storpool": "snapshotdelete",
-}
+def vmm_aliases() -> dict[str, str]:
+    """Script names the seed add-ons put in -l (value: the -l key they serve), as every
+    backend declares them (``vmm_aliases``), installed as aliases of our override for that
+    key so that existing oned.conf lines keep working (and are accepted as configured). An
+    alias runs vmm.actions.<its name by vmm/entry.py's rule> when vmm provides such a module,
+    else the key's own module."""
+    out: dict[str, str] = {}
+    for conf in declared.driver_confs().values():
+        out.update(conf.vmm_aliases)
+    return out
+
 
 # OpenNebula's own remotes/vmm/kvm scripts (6.10-7.x); never overwritten by a script of
 # ours that has no VMM_OVERRIDES entry.
@@ -135,7 +119,7 @@ def restricted_attrs(drivers: list[str]) -> list[tuple[str, str]]:
     """(oned.conf attribute, value) lines install adds."""
     out = [("VM_RESTRICTED_ATTR", name) for name, _ in RESTRICTED_T_ATTRS]
     for driver in drivers:
-        out += [r for r in DRIVER_CONF[driver].restricted if r not in out]
+        out += [r for r in driver_conf(driver).restricted if r not in out]
     return out
 
 
@@ -179,39 +163,17 @@ def has_actions_package(package: str) -> bool:
 
 
 def known_drivers() -> list[str]:
-    """Keys of ``KNOWN`` in datastore/backends/__init__.py (read as text, not imported)."""
-    base = package_dir("datastore")
-    if base is None:
-        raise DriverError("the datastore package is not installed in this environment")
-    path = os.path.join(base, "backends", "__init__.py")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            tree = ast.parse(fh.read(), path)
-    except (OSError, SyntaxError) as exc:
-        raise DriverError(f"{path}: cannot read the driver list: {exc}") from None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
-        if isinstance(target, ast.Name) and target.id == "KNOWN":
-            try:
-                known = ast.literal_eval(value)
-            except ValueError:
-                break
-            if isinstance(known, dict) and all(isinstance(k, str) for k in known):
-                return sorted(known)
-    raise DriverError(f"{path}: no KNOWN = {{...}} driver table")
+    """The drivers the storage backends declare (datastore/backends/, read as text)."""
+    return sorted(declared.driver_confs())
 
 
 def drivers() -> list[str]:
     names = known_drivers()
-    missing = [d for d in names if d not in DRIVER_CONF]
+    confs = declared.driver_confs()
+    missing = [d for d in names if d not in confs]
     if missing:
         raise DriverError(f"no oned.conf settings known for driver(s) {', '.join(missing)}: "
-                          "add them to onelib.install.plan.DRIVER_CONF")
+                          "declare them in the driver's backend module (datastore/backends/)")
     return names
 
 
@@ -270,7 +232,7 @@ def build(python: str | None = None) -> Plan:
             plan.scripts[f"vmm/kvm/{script}"] = _vmm_executable(python, script, module)
             plan.vmm_l[key] = script
             plan.vmm_accepted[key] = {script}
-            for alias, target in VMM_ALIASES.items():
+            for alias, target in vmm_aliases().items():
                 if target == key:
                     alias_module = vmm_module_of(alias) if vmm_module_of(alias) in vmm_actions else module
                     covered.add(alias_module)

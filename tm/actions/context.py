@@ -6,14 +6,12 @@ written into the volume through the host it is attached to, and linked as ``disk
 oned runs this again for restore, NIC hot-plug and updateconf: the same volume is
 rewritten (grown first if the ISO outgrew it).
 
-UEFI VMs whose NVRAM lives on a volume (``T_OS_NVRAM=storpool...``, the os_nvram tweak's
-word for "the storage driver's NVRAM volume", whichever driver keeps the system datastore)
-also get the driver's NVRAM volume here, once (``<px>-sys-<VM>-NVRAM`` on storpool,
-``<px>-vm-<VM>-nvram`` on linstor_un, attached on the host as
-``<device dir>/<px>-vm-<VM>-nvram/0``, by default under ``/dev/drbd/by-res``): 1 MiB with
-the firmware's VARS template at its end (how OVMF finds it on a larger device); an existing
-NVRAM is never overwritten. The os_nvram rule's ``device`` template must name that path.
-It is deleted with the VM (TM delete of the VM directory).
+UEFI VMs whose NVRAM lives on a volume (T_OS_NVRAM's volume word, ``os_nvram.VOLUME``: "the
+storage driver's NVRAM volume", whichever driver keeps the system datastore) also get the
+backend's NVRAM volume here, once (``Backend.make_nvram``, named by the driver's scheme's
+``nvram``): 1 MiB with the firmware's VARS template at its end (how OVMF finds it on a larger
+device); an existing NVRAM is never overwritten. The os_nvram rule's ``device`` template must
+name where it appears on the host. It is deleted with the VM (TM delete of the VM directory).
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ from datastore.driver import Driver
 from datastore.naming import TYPE_CONTEXT, TYPE_NVRAM, tags
 from onelib import xmldoc
 from onelib.errors import Conflict, DriverError
-from onelib.hostcmd import Host
 from onelib.paths import clean_path
+from tweaks.catalog.os_nvram import VOLUME as NVRAM_VOLUME
 
 from ..common import MIB, DiskPath, disk_path, driver_for, ds_id_arg, fetch_vm, link, vm_id_arg
 from ..entry import TmRequest
@@ -55,7 +53,7 @@ def run(req: TmRequest) -> None:
     with tempfile.TemporaryDirectory(prefix="one-context-") as tmp:
         iso = build_iso(files, tmp)
         write_context(drv, dst, vm_id, ds_id, iso)
-    if xmldoc.text(vm, "USER_TEMPLATE/T_OS_NVRAM").lower().startswith("storpool"):
+    if wants_nvram_volume(vm):
         ensure_nvram(drv, dst, vm, vm_id, ds_id)
 
 
@@ -112,42 +110,22 @@ def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) 
             raise
 
 
+def wants_nvram_volume(vm: etree._Element) -> bool:
+    """T_OS_NVRAM names the storage driver's NVRAM volume (the os_nvram tweak's volume word)."""
+    return xmldoc.text(vm, "USER_TEMPLATE/T_OS_NVRAM").partition(":")[0].strip().lower() == NVRAM_VOLUME
+
+
 def ensure_nvram(drv: Driver, dst: DiskPath, vm: etree._Element, vm_id: int, ds_id: int) -> None:
+    """The backend's NVRAM volume on the host (``Backend.make_nvram``), made once."""
+    if not drv.backend.nvram_volumes:
+        raise DriverError(f"T_OS_NVRAM of VM {vm_id} asks for an NVRAM volume, but the {drv.driver} driver of "
+                          f"system datastore {ds_id} keeps none: use T_OS_NVRAM=file")
     name = drv.names.nvram(vm_id)
-    host = drv.host(dst.host)
     template = _vars_template(drv, vm)
-    shell = drv.shell(dst.host)
     with drv.lock(name):
-        created = False
-        volume_size = NVRAM_SIZE
-        try:
-            drv.backend.create(name, NVRAM_SIZE, placement=drv.placement(ds_id),
-                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM, ds_id=ds_id))
-            created = True
-        except Conflict:
-            found = drv.backend.get(name)
-            if found is None or found.snapshot or found.tags.get("nvm") != str(vm_id):
-                raise DriverError(f"volume {name} exists and is not VM {vm_id}'s NVRAM") from None
-            volume_size = found.size
-        try:
-            device = drv.backend.attach(name, host)
-            size = int(shell.output(["stat", "-L", "-c", "%s", template]).strip() or 0)
-            if not 0 < size <= volume_size:
-                raise DriverError(f"NVRAM template {template} has an unexpected size ({size} bytes)")
-            # an existing NVRAM keeps its variables; only one a crash left empty is filled
-            if created or _empty(shell, device, volume_size - size):
-                shell.run(["dd", f"if={template}", f"of={device}", "oflag=seek_bytes", f"seek={volume_size - size}",
-                           "conv=notrunc,fsync", "status=none"])
-        except BaseException:
-            if created:
-                drv.backend.delete(name)
-            raise
-
-
-def _empty(shell: Host, device: str, offset: int) -> bool:
-    head = shell.run(["dd", f"if={device}", "iflag=skip_bytes", f"skip={offset}", "bs=4096", "count=1",
-                      "status=none"]).stdout
-    return not head.strip(b"\0")
+        drv.backend.make_nvram(name, NVRAM_SIZE, placement=drv.placement(ds_id),
+                               tags=tags(drv.names, vm_id=vm_id, kind=TYPE_NVRAM, ds_id=ds_id),
+                               host=drv.host(dst.host), shell=drv.shell(dst.host), template=template)
 
 
 def _vars_template(drv: Driver, vm: etree._Element) -> str:

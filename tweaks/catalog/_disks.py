@@ -1,6 +1,11 @@
 """Shared by the disk tweaks: which OpenNebula disk a domain ``<disk>`` is, and a
 parameter type for a list of TM_MAD names.
 
+Which TM_MADs keep their disks on block devices is the storage drivers' knowledge, not the
+engine's: a ``tm_mads`` parameter left at its default (``STORAGE``) means the TM_MADs the
+supplied fact names (``storage.block_tm_mads`` for volatile and context disks,
+``storage.tm_mads`` for every disk of a storage backend; see ``tweaks.facts``).
+
 oned writes every disk it manages as ``<system_dir>/disk.<DISK_ID>`` with ``system_dir``
 = ``<datastores>/<system DS id>/<VM id>``; the ``disk.N`` suffix (and the VM id as the
 parent directory when the VM is known) ties a domain disk to its ``TEMPLATE/DISK``
@@ -26,7 +31,6 @@ MAX_NAMES = 16
 _NAME = re.compile(NAME)
 _SEPARATORS = re.compile(r"[\s,]+")
 _DISK_PATH = re.compile(r"/([^/]+)/disk\.([0-9]{1,6})\Z")
-DEFAULT_TM_MADS = ("storpool", "linstor_un")
 
 
 class Names(tuple[str, ...]):
@@ -36,6 +40,18 @@ class Names(tuple[str, ...]):
 
     def __str__(self) -> str:
         return ",".join(self)
+
+
+class FromStorage(Names):
+    """The default of a ``tm_mads`` parameter: the TM_MADs a supplied ``storage.*`` fact names."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "the storage drivers'"
+
+
+STORAGE = FromStorage()
 
 
 @record
@@ -79,7 +95,17 @@ class NameList(Param):
 
 
 def tm_mads_param(doc: str = "TM_MAD names whose disks this applies to") -> NameList:
-    return NameList("tm_mads", doc, default=Names(DEFAULT_TM_MADS))
+    return NameList("tm_mads", doc, default=STORAGE)
+
+
+def listed_tm_mads(ctx: Context, fact: str) -> tuple[str, ...]:
+    """The ``tm_mads`` parameter's names, or for the default those of the supplied ``fact``
+    (``storage.block_tm_mads`` / ``storage.tm_mads``; none when nothing was supplied)."""
+    names: tuple[str, ...] = ctx.params["tm_mads"]
+    if isinstance(names, FromStorage):
+        raw = ctx.facts.get(fact) or ""
+        return tuple(n for n in _SEPARATORS.split(raw) if n)
+    return names
 
 
 @record
@@ -152,7 +178,7 @@ def file_to_block(ctx: Context, kind: str) -> None:
     """``type='file'`` disks of ``kind`` on a listed TM_MAD become ``type='block'`` with
     ``<source dev=...>`` (same path: the TM driver made ``disk.N`` a link to the device).
     Only the source attribute changes; every other child and attribute is kept."""
-    tm_mads: tuple[str, ...] = ctx.params["tm_mads"]
+    tm_mads = listed_tm_mads(ctx, "storage.block_tm_mads")
     for disk in one_disks(ctx.facts, ctx.root):
         if disk.kind != kind:
             continue

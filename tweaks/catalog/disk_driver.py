@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..domain import driver
 from ..params import Choice
 from ..tweak import Context, Tweak
-from ._disks import one_disks, tm_mad, tm_mads_param
+from ._disks import listed_tm_mads, one_disks, tm_mad, tm_mads_param
 
 KEEP = "keep"
 CACHE_MODES = ("none", "writethrough", "writeback", "directsync", "unsafe", "default")
@@ -54,7 +54,7 @@ class DiskDriver(Tweak):
         if "cache" in wanted and native_io_conflict(wanted["cache"], wanted.get("io")):
             blamed = "cache" if ctx.explicit("cache") or not ctx.explicit("io") else "io"
             raise ctx.reject(blamed, f"io=native needs cache=none or directsync, not {wanted['cache']}")
-        tm_mads: tuple[str, ...] = ctx.params["tm_mads"]
+        tm_mads = listed_tm_mads(ctx, "storage.tm_mads")
         for disk in one_disks(ctx.facts, ctx.root):
             if tm_mad(ctx.facts, disk) not in tm_mads:
                 continue

@@ -27,7 +27,7 @@ import re
 
 from lxml import etree
 
-from datastore.backends import KNOWN
+from datastore.backends import find
 from onelib import log, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
@@ -110,7 +110,10 @@ def is_block(disk: etree._Element, msg: etree._Element, vm: etree._Element) -> b
         history = vm.findall("HISTORY_RECORDS/HISTORY")
         tm_mad = tm_mad or xmldoc.text(msg, "DATASTORE/TM_MAD") or (
             xmldoc.text(history[-1], "TM_MAD") if history else "")
-    return tm_mad in KNOWN or "BLOCK" in (xmldoc.text(disk, "DISK_TYPE").upper(), xmldoc.text(disk, "TYPE").upper())
+    if "BLOCK" in (xmldoc.text(disk, "DISK_TYPE").upper(), xmldoc.text(disk, "TYPE").upper()):
+        return True
+    backend = find(tm_mad) if tm_mad else None
+    return backend is not None and backend.disk_form == "block"
 
 
 def _empty_slot(live: etree._Element, target: str) -> str | None:

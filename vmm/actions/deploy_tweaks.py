@@ -51,20 +51,21 @@ def run(req: VmmRequest) -> str:
     domain_xml = _domain_xml(req, local_file)
     oned = Oned(timeout=float(config.integer("API_TIMEOUT") or 30))
     vm = oned.vm(vm_id)
-    tweaked = tweak(domain_xml, vm, vm_id, config)
-    _write_local(local_file + "-tweaks", tweaked)
-
     history = vm.findall("HISTORY_RECORDS/HISTORY")
     if not history:
         raise DriverError(f"VM {vm_id} has no history record: no system datastore to deploy into")
     ds_id = xmldoc.integer(history[-1], "DS_ID", "VM history")
+    datastore = oned.datastore(ds_id)
+    tweaked = tweak(domain_xml, vm, vm_id, config, datastore)
+    _write_local(local_file + "-tweaks", tweaked)
+
     vm_dir = posixpath.join(_ds_location(oned, host, config), str(ds_id), str(vm_id))
     remote_file = posixpath.join(vm_dir, posixpath.basename(local_file))
     shell = Host(host, ssh=config.get("SSH_COMMAND", "ssh").split())
     remote_dir = config.get("SCRIPTS_REMOTE_DIR") or DEFAULT_REMOTE_DIR
     deploy = posixpath.join(remote_dir, "vmm", "kvm", "deploy")
     staged = f".{posixpath.basename(local_file)}.{os.getpid()}.in"
-    files = _tar({"vm.xml": etree.tostring(vm), "ds.xml": etree.tostring(oned.datastore(ds_id)), staged: tweaked})
+    files = _tar({"vm.xml": etree.tostring(vm), "ds.xml": etree.tostring(datastore), staged: tweaked})
     proc = shell.run(["sh", "-c", _REMOTE, "sh", vm_dir, deploy, remote_file, host, str(vm_id), host, staged],
                      input=files, what="deploy")
     out = proc.stdout.decode(errors="replace").split()
@@ -73,8 +74,12 @@ def run(req: VmmRequest) -> str:
     return out[0]
 
 
-def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config) -> bytes:
-    """The rules applied to oned's domain XML (warnings to the VM log and syslog)."""
+def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config,
+          datastore: etree._Element | None = None) -> bytes:
+    """The rules applied to oned's domain XML (warnings to the VM log and syslog), with the
+    storage side's facts (``datastore.facts``: which TM_MADs are block devices, the system
+    datastore's attributes) supplied."""
+    from datastore.facts import storage_facts
     from tweaks import engine, loader, provenance
     from tweaks.errors import TweakError
     from tweaks.validate import DomainSchema
@@ -84,7 +89,8 @@ def tweak(domain_xml: bytes, vm: etree._Element, vm_id: int, config: Config) -> 
     try:
         domain = engine.parse_xml(domain_xml, "domain XML")
         ruleset = loader.load(extra)
-        outcome = engine.apply_rules(domain, etree.ElementTree(vm), ruleset.rules, schema=schema)
+        outcome = engine.apply_rules(domain, etree.ElementTree(vm), ruleset.rules, schema=schema,
+                                     supplied=storage_facts(vm, datastore, config))
         provenance.stamp(outcome.tree.getroot(), outcome.report, ruleset.hashes)
     except TweakError as exc:
         # A broken rule set or unreadable input must not block the deploy: deploy untouched.

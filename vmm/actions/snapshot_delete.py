@@ -25,7 +25,6 @@ def run(req: VmmRequest) -> str:
         log.info(f"VM {ctx.vm_id}: no snapshot {raw_id} left to delete")
         return ""
     with ctx.locked(list(group.members)):
-        for snap in group.members.values():
-            drv.backend.delete(snap.name, snapshot=True)
+        drv.backend.vm_snapshot_delete([snap.name for snap in group.members.values()])
     log.info(f"VM {ctx.vm_id}: snapshot {group.hypervisor_id} deleted ({len(group.members)} volumes)")
     return ""

@@ -65,8 +65,7 @@ def run(req: VmmRequest) -> str:
         names = [v.name for v in volumes]
         drv.backend.detach_many(names, host)
         try:
-            for name in names:
-                drv.backend.revert(name, group.members[name].name)
+            drv.backend.vm_snapshot_revert([(name, group.members[name].name) for name in names])
         except DriverError as exc:
             drv.backend.attach_many([(name, False) for name in names], host)
             raise DriverError(f"VM {ctx.vm_id} not reverted to {raw_id} ({exc}); the VM is stopped: "

@@ -1,0 +1,79 @@
+"""The storage side's facts for the tweak rules (``tweaks.facts``: ``storage.*``,
+``system_ds.*``, ``disk.storage_*``), so the engine never has to know a storage driver.
+
+- ``storage.tm_mads``: every TM_MAD a backend module declares (``datastore.backends``);
+  ``storage.block_tm_mads`` / ``storage.network_tm_mads``: those whose volumes hosts see as
+  block devices / libvirt reaches over the network (``Backend.disk_form``); ``storage.px``:
+  ONE_PX, when the configuration is at hand.
+- ``system_ds.ID``, ``system_ds.NAME``, ``system_ds.TM_MAD`` and ``system_ds.<ATTR>`` for every
+  TEMPLATE attribute of the VM's system datastore, when its document is at hand (the deploy
+  hook has it: it ships it to the host as ``ds.xml``).
+- per disk kept by a backend (its own TM_MAD, or the system datastore's for volatile and
+  context disks): ``storage_form`` (``block`` or ``network``).
+
+The deploy hook passes them to the engine (``vmm.actions.deploy_tweaks``); ``one-tweaks apply``
+gets them through the ``one_tweaks.facts`` entry point (``supplier``). Nothing here imports a
+backend module: the registry's declarations are read as text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from onelib import xmldoc
+
+from .backends import disk_forms
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+    from onelib.config import Config
+
+Supplied = tuple[dict[str, str], dict[str, dict[str, str]]]
+
+
+def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = None,
+                  config: Config | None = None) -> Supplied:
+    forms = disk_forms()
+    scalars = {
+        "storage.tm_mads": ",".join(sorted(forms)),
+        "storage.block_tm_mads": ",".join(sorted(d for d, f in forms.items() if f == "block")),
+        "storage.network_tm_mads": ",".join(sorted(d for d, f in forms.items() if f == "network")),
+    }
+    if config is not None:
+        scalars["storage.px"] = config.get("ONE_PX") or "one"
+    if datastore is not None:
+        for tag in ("ID", "NAME", "TM_MAD"):
+            scalars[f"system_ds.{tag}"] = xmldoc.text(datastore, tag)
+        for name, value in xmldoc.template_attrs(datastore.find("TEMPLATE")).items():
+            scalars.setdefault(f"system_ds.{name}", value)
+    disks: dict[str, dict[str, str]] = {}
+    if vm is not None:
+        history = vm.findall("HISTORY_RECORDS/HISTORY")
+        system_tm = xmldoc.text(history[-1], "TM_MAD") if history else ""
+        template = vm.find("TEMPLATE")
+        entries: list[tuple[str, str, bool]] = []  # (disk id, own TM_MAD, on the system datastore)
+        for disk in template.iterfind("DISK") if template is not None else ():
+            volatile = xmldoc.text(disk, "TYPE").upper() in ("FS", "SWAP")
+            entries.append((xmldoc.text(disk, "DISK_ID"), xmldoc.text(disk, "TM_MAD"), volatile))
+        context_id = xmldoc.text(vm, "TEMPLATE/CONTEXT/DISK_ID")
+        if context_id:
+            entries.append((context_id, "", True))
+        for disk_id, own, system in entries:
+            tm_mad = own or (system_tm if system else "")
+            if disk_id and tm_mad in forms:
+                disks[disk_id] = {"storage_form": forms[tm_mad]}
+    return scalars, disks
+
+
+def supplier(vm: etree._Element | None, domain: etree._Element | None) -> Supplied:
+    """``one_tweaks.facts`` entry point: the facts for ``one-tweaks apply`` (no datastore
+    document there; the configuration file's ONE_PX when it reads)."""
+    from onelib.config import Config
+    from onelib.errors import DriverError
+
+    try:
+        config: Config | None = Config.load()
+    except DriverError:
+        config = None
+    return storage_facts(vm, None, config)
