@@ -16,16 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import drivers
 import pytest
 from conftest import ONE
 from livevm import libvirtd, qmp, virsh
 from lxml import etree
-from storage_env import REPO, Cloud, cloud, sshd
+from storage_env import Cloud, cloud, sshd
 
 from tweaks import __version__, provenance
 
 FIXTURES = (cloud, sshd, libvirtd)
-DEPLOY = REPO / "vmm" / "kvm" / "deploy-tweaks"
+DEPLOY = drivers.KVM / "deploy-tweaks"
 FAKE_UUID = "5f0c6e0a-8d3b-4d35-9c57-6a3d2f1e4242"
 
 # A stand-in for OpenNebula's remote kvm/deploy (NOT OpenNebula's script): it stores the

@@ -32,18 +32,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import drivers
 import pytest
 from guest import AGENT_CHANNEL, GuestImage, agent, console_xml, guest_check, guest_image, os_xml, wait_agent
 from livevm import dumpxml, libvirtd, qmp, virsh
 from lxml import etree
 from sim import oned as oned_sim
-from storage_env import FRONTEND, IMAGE_DS, REPO, SYSTEM_DS, Cloud, cloud, sshd
+from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd, guest_image)
 pytestmark = pytest.mark.libvirtd
 
-DEPLOY = REPO / "vmm" / "kvm" / "deploy-tweaks"
-RESIZE_DISK = REPO / "vmm" / "kvm" / "resize_disk-tweaks"
+DEPLOY = drivers.KVM / "deploy-tweaks"
+RESIZE_DISK = drivers.KVM / "resize_disk-tweaks"
 VM_ID = 7342                      # domain one-7342: unlikely to meet another test's domain
 IMAGE, DATABLOCK = 70, 71         # image ids
 VCPU, VCPU_MAX = 1, 2             # <vcpu current='1'>2</vcpu>: qemu's default queue count would be 1

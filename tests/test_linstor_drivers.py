@@ -44,7 +44,7 @@ from linstor_env import (
 )
 from lxml import etree
 from sim import oned as oned_sim
-from storage_env import REPO, Cloud, sshd
+from storage_env import Cloud, sshd
 
 FIXTURES = (sshd, lcloud)
 
@@ -553,7 +553,7 @@ def _snap_vmm(cloud: LinstorCloud, action: str, snap: str) -> subprocess.Complet
         etree.SubElement(root, tag).text = value or None
     root.append(cloud.oned.served("vm", VM))
     root.append(cloud.oned.served("datastore", SYSTEM_DS))
-    return subprocess.run([sys.executable, str(REPO / "vmm" / "kvm" / f"snapshot_{action}-tweaks"), "one-42", snap,
+    return subprocess.run([sys.executable, str(drivers.KVM / f"snapshot_{action}-tweaks"), "one-42", snap,
                            str(VM), "node1"], input=base64.b64encode(etree.tostring(root)), capture_output=True,
                           env=cloud.env, cwd=cloud.home, timeout=120, check=False)
 

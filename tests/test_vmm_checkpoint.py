@@ -34,7 +34,7 @@ from storage_env import FRONTEND, REPO, SYSTEM_DS, Cloud, MiB, cloud, sshd
 FIXTURES = (cloud, sshd, libvirtd)
 pytestmark = pytest.mark.libvirtd
 
-KVM = REPO / "vmm" / "kvm"
+KVM = drivers.KVM
 MAGIC = b"LibvirtQemudSave"
 MEMORY_MIB = 256
 CHECKPOINT_BYTES = (282 + 8) * MiB  # ceil(256 * 1.1) MiB + 8 MiB for libvirt's header

@@ -19,13 +19,14 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import drivers
 import pytest
 from livevm import dumpxml, kvm_available, libvirtd, qmp, virsh
 from lxml import etree
-from storage_env import REPO, SYSTEM_DS, Cloud, cloud, sshd
+from storage_env import SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-KVM = REPO / "vmm" / "kvm"
+KVM = drivers.KVM
 MiB = 2**20
 
 EMPTY_CDROM = ("<disk type='block' device='cdrom'><driver name='qemu' type='raw' cache='none' io='native'/>"

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import drivers
 import pytest
 from livevm import host_cpu_flags, kvm_available, libvirtd, virsh
 from lxml import etree
@@ -43,7 +44,7 @@ from storage_env import REPO, SSHD, SYSTEM_DS, Cloud, Sshd, cloud, sshd
 FIXTURES = (cloud, sshd, libvirtd)
 pytestmark = pytest.mark.libvirtd
 
-MIGRATE = REPO / "vmm" / "kvm" / "migrate-tweaks"
+MIGRATE = drivers.KVM / "migrate-tweaks"
 ONE_NS = "http://opennebula.org/xmlns/libvirt/1.0"
 NODE2_DIRS = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "etc": "/etc/libvirt", "log": "/var/log/libvirt"}
 # Runs inside the new mount namespace: the host's libvirt directories become node2's, then

@@ -17,13 +17,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import drivers
 import pytest
 from livevm import kvm_available, libvirtd, virsh
 from lxml import etree
-from storage_env import REPO, SYSTEM_DS, Cloud, cloud, sshd
+from storage_env import SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-KVM = REPO / "vmm" / "kvm"
+KVM = drivers.KVM
 MiB = 2**20
 HID = re.compile(r"snap-([0-9]+)-([0-9]+)")
 

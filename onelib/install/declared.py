@@ -99,10 +99,20 @@ def _module(path: str) -> tuple[str, DriverConf] | None:
         live_disk_snapshots=lds, vmm_aliases=dict(aliases))
 
 
+_read: dict[tuple[str, ...], dict[str, DriverConf]] = {}
+
+
 def driver_confs() -> dict[str, DriverConf]:
-    """driver name -> its declaration, for every backend module."""
+    """driver name -> its declaration, for every backend module (read once per process)."""
+    dirs = tuple(backends_dirs())
+    if dirs not in _read:
+        _read[dirs] = _driver_confs(dirs)
+    return dict(_read[dirs])
+
+
+def _driver_confs(dirs: tuple[str, ...]) -> dict[str, DriverConf]:
     out: dict[str, DriverConf] = {}
-    for directory in backends_dirs():
+    for directory in dirs:
         try:
             entries = sorted(os.listdir(directory))
         except OSError as exc:

@@ -30,10 +30,10 @@ oned double (``cloud.oned``) it does what oned and its drivers do around our scr
   tm premigrate/postmigrate/failmigrate around ``migrate-tweaks``) and RESIZEDISK
   (``resize_disk``: the TM RESIZE line, then ``resize_disk-tweaks`` when running).
 
-Where the scripts come from (its own section, ``InstalledFrontend``): by default the
-storage executables the tests build from the install plan (``tests/drivers.py``:
-``REMOTES/tm/<tm_mad>/<action>``, ``REMOTES/datastore/<ds_mad>/<action>``) and the
-repository's ``REPO/vmm/kvm/<script>``, run with this interpreter (``sys.executable``), the VMM local
+Where the scripts come from (its own section, ``InstalledFrontend``): by default the tests'
+remotes tree (``tests/drivers.py``: ``REMOTES/tm/<tm_mad>/<action>``,
+``REMOTES/datastore/<ds_mad>/<action>`` from the install plan, ``REMOTES/vmm/kvm/<script>``
+as committed), run with this interpreter (``sys.executable``), the VMM local
 overrides by the names ``one-tweaks install`` gives them. With ``installed=InstalledFrontend(
 remotes, oned_conf)`` it works like oned on a front-end ``one-tweaks install`` set up: it runs
 ``REMOTES/tm/<tm_mad>/<action>`` and ``REMOTES/datastore/<ds_mad>/<action>`` directly (their
@@ -260,16 +260,12 @@ class Frontend:
     # --- the driver executables (repository or installed front-end) -------------------------------
 
     def scripts_dir(self) -> Path:
-        """Where oned finds the VMM overrides: the installed remotes directory, else the repository."""
-        return self.installed.remotes if self.installed is not None else self.repo
-
-    def storage_dir(self) -> Path:
-        """Where oned finds the storage drivers: the installed remotes directory, else the tree
-        the tests build from the install plan (the repository commits no per-driver executables)."""
+        """Where oned finds the drivers: the installed remotes directory, else the tests' remotes
+        tree (tests/drivers.py: the repository commits no per-driver executables)."""
         return self.installed.remotes if self.installed is not None else drivers.REMOTES
 
     def tm_script(self, tm_mad: str, action: str) -> Path:
-        return self.storage_dir() / "tm" / tm_mad / action
+        return self.scripts_dir() / "tm" / tm_mad / action
 
     def execute(self, path: Path, argv: list[str], stdin: bytes, what: str, *, timeout: float) -> str:
         """Run a driver executable as oned does: installed, the file itself (its ``#!``
@@ -599,7 +595,7 @@ class Frontend:
         7.x alike): the base64 ``<DS_DRIVER_ACTION_DATA>`` (IMAGE, DATASTORE) on stdin, no newline."""
         ds_mad = self.cloud.oned.datastore(ds_id).findtext("DS_MAD", "")
         payload = etree.tostring(self.cloud.ds_message(image, ds_id))
-        return self.execute(self.storage_dir() / "datastore" / ds_mad / action, [str(obj_id)],
+        return self.execute(self.scripts_dir() / "datastore" / ds_mad / action, [str(obj_id)],
                             base64.b64encode(payload), f"datastore/{ds_mad}/{action} {obj_id}", timeout=300)
 
     def _image_field(self, image_id: int, tag: str, value: object) -> None:
