@@ -35,13 +35,28 @@ class VmmRequest:
         return xmldoc.decode_b64(data, what)
 
 
+def alias_module(script: str) -> str | None:
+    """The module of a seed add-on's script name (``tmsave``, ``save_linstor_un``, ...): a
+    backend declares it (``Backend.vmm_aliases``) with the -l key it serves; None otherwise."""
+    from onelib.install import plan
+
+    key = plan.vmm_aliases().get(script)
+    for known, modules, _ in plan.VMM_OVERRIDES if key else ():
+        if known == key:
+            return next((m for m in modules if importlib.util.find_spec(f"vmm.actions.{m}") is not None), None)
+    return None
+
+
 def vmm_main(path: str | None = None) -> None:
     script = os.path.abspath(path or sys.argv[0])
     name = os.path.basename(script)
     module_name = name.split(".", 1)[0].replace("-", "_")
-    if module_name.endswith("_tweaks") and importlib.util.find_spec(f"vmm.actions.{module_name}") is None:
-        # installed names carry "-tweaks" so they never shadow OpenNebula's own scripts
-        module_name = module_name.removesuffix("_tweaks")
+    if importlib.util.find_spec(f"vmm.actions.{module_name}") is None:
+        if module_name.endswith("_tweaks"):
+            # installed names carry "-tweaks" so they never shadow OpenNebula's own scripts
+            module_name = module_name.removesuffix("_tweaks")
+        else:
+            module_name = alias_module(name) or module_name
 
     def act(argv: Sequence[str]) -> str | None:
         stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
