@@ -192,6 +192,12 @@ class Backend(abc.ABC):
         raise DriverError(f"the {cls.name or cls.__name__} backend cannot attach volumes to hosts")
 
     @classmethod
+    def image_tags(cls, image: Mapping[str, str], config: Config) -> dict[str, str]:
+        """Tags an image's volume gets besides virt/nloc, from the image's TEMPLATE attributes
+        and the configuration (the datastore's settings on top)."""
+        return {}
+
+    @classmethod
     def default_placement(cls, config: Config, names: Names, ds_id: int) -> str:
         """The placement a datastore's volumes get (StorPool template / LINSTOR resource group)."""
         return ""

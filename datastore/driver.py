@@ -59,6 +59,10 @@ class Driver:
         return self._backend
 
     @property
+    def backend_class(self) -> type[Backend]:
+        return backend_class(self.driver)
+
+    @property
     def ds_id(self) -> int:
         return xmldoc.integer(self.datastore, "ID", "datastore")
 

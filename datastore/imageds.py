@@ -35,7 +35,6 @@ from .entry import DsRequest
 
 _VOLUME = re.compile(r"[A-Za-z0-9_.-]{1,190}")
 _TEMPLATE = re.compile(r"[A-Za-z0-9_-]{1,190}")
-_TAG_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TRUE = frozenset({"1", "yes", "y", "true", "on"})
 INCOMPLETE = "incomplete"   # tag of an image volume being filled in place (no rename)
 
@@ -139,15 +138,11 @@ class DsAction:
         return directory
 
     def tags(self) -> dict[str, str]:
-        """addon-storpool's image tags: virt=one, nloc=<PX>, and qc=<QoS class> when one is set
-        (image SP_QOSCLASS, else the datastore's, else DEFAULT_QOSCLASS)."""
+        """An image volume's tags: virt=one, nloc=<PX>, and what the backend adds from the
+        image's attributes (``Backend.image_tags``)."""
         out = naming.tags(self.names)
-        qos = self.image_template().get("SP_QOSCLASS", "") if self.request.root.find("IMAGE") is not None else ""
-        qos = qos.strip() or self.setting("SP_QOSCLASS") or self.setting("DEFAULT_QOSCLASS")
-        if qos:
-            if not _TAG_VALUE.fullmatch(qos):
-                raise DriverError(f"SP_QOSCLASS {qos!r} is not an acceptable tag value")
-            out["qc"] = qos
+        image = self.image_template() if self.request.root.find("IMAGE") is not None else {}
+        out.update(self.driver.backend_class.image_tags(image, self.driver.config))
         return out
 
     # --- volumes -------------------------------------------------------------------------------

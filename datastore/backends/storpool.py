@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from lxml import etree
 
 DOCTOR_TIMEOUT = 5.0
+_TAG_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def _volume(raw: Mapping[str, Any], snapshot: bool) -> Volume:
@@ -165,6 +167,18 @@ class StorPool(Backend):
             what = f"{err.get('name', 'HTTP ' + str(status))}: {err.get('descr', '')}".rstrip(": ")
             hint = "check SP_AUTH_TOKEN" if status in (401, 403) or "auth" in what.lower() else "check the API"
             problem(f"api: StorPool API {where} refused a request ({what}): {hint} in {conf_path}")
+
+    @classmethod
+    def image_tags(cls, image: Mapping[str, str], config: Config) -> dict[str, str]:
+        """addon-storpool's qc=<QoS class> when one is set: the image's SP_QOSCLASS, else the
+        datastore's, else DEFAULT_QOSCLASS."""
+        qos = image.get("SP_QOSCLASS", "").strip() or config.get("SP_QOSCLASS").strip() \
+            or config.get("DEFAULT_QOSCLASS").strip()
+        if not qos:
+            return {}
+        if not _TAG_VALUE.fullmatch(qos):
+            raise DriverError(f"SP_QOSCLASS {qos!r} is not an acceptable tag value")
+        return {"qc": qos}
 
     @classmethod
     def default_placement(cls, config: Config, names: Names, ds_id: int) -> str:
