@@ -162,26 +162,37 @@ def test_cpu_feature_names_parser() -> None:
 
 @pytest.mark.parametrize("asked", ["yes", "YES", "1", "on"])
 def test_iothreads_dropped_when_the_vm_asks(assert_valid, asked: str) -> None:  # type: ignore[no-untyped-def]
-    outcome = checked(assert_valid, migratable(), {"T_MIGRATE_IOTHREADS_DROP": asked}, FACTS)
+    domain = migratable().replace(b"<cputune>", b"<cputune><iothreadpin iothread='1' cpuset='0'/>")
+    outcome = checked(assert_valid, domain, {"T_MIGRATE_IOTHREADS_DROP": asked}, FACTS)
     root = outcome.tree.getroot()
     assert status(outcome, "migrate-iothreads-drop")[0] == APPLIED
+    assert not root.xpath("devices/*/driver[@iothread]"), "disks and the controller unbound"
+    assert root.find("devices/controller/driver").get("queues") == "4"
+    assert root.find("iothreads") is None and root.find("cputune/iothreadpin") is None
+    assert root.findtext("cputune/shares") == "1024", "the rest of <cputune> stays"
+
+
+def test_a_controller_whose_driver_would_be_empty_stays_bound(assert_valid) -> None:  # type: ignore[no-untyped-def]
+    domain = migratable().replace(b"<driver queues='4' iothread='1'/>", b"<driver iothread='1'/>")
+    outcome = checked(assert_valid, domain, {"T_MIGRATE_IOTHREADS_DROP": "yes"}, FACTS)
+    root = outcome.tree.getroot()
     assert not root.xpath("devices/disk/driver[@iothread]"), "disks unbound"
-    assert root.find("devices/controller/driver").get("iothread") == "1", "controllers only when asked"
+    assert root.find("devices/controller/driver").get("iothread") == "1"
     assert root.findtext("iothreads") == "2", "the controller still uses an iothread"
+    assert "controller 0: left bound" in status(outcome, "migrate-iothreads-drop")[1]
 
 
-def test_iothreads_element_goes_with_the_last_user(assert_valid, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_controllers_only_when_the_rule_says(assert_valid, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     write_rule(tmp_path, "82-migrate-iothreads-drop.yaml", """name: migrate-iothreads-drop
 on: [migrate]
 tweaks:
-  - iothreads_drop: {drop: {from: user.T_MIGRATE_IOTHREADS_DROP}, controllers: yes}
+  - iothreads_drop: {drop: {from: user.T_MIGRATE_IOTHREADS_DROP}, controllers: no}
 """)
-    domain = migratable().replace(b"<cputune>", b"<cputune><iothreadpin iothread='1' cpuset='0'/>")
-    outcome = checked(assert_valid, domain, {"T_MIGRATE_IOTHREADS_DROP": "yes"}, FACTS, [str(tmp_path)])
+    outcome = checked(assert_valid, migratable(), {"T_MIGRATE_IOTHREADS_DROP": "yes"}, FACTS, [str(tmp_path)])
     root = outcome.tree.getroot()
-    assert not root.xpath("devices/*/driver[@iothread]")
-    assert root.find("iothreads") is None and root.find("cputune/iothreadpin") is None
-    assert root.findtext("cputune/shares") == "1024", "the rest of <cputune> stays"
+    assert not root.xpath("devices/disk/driver[@iothread]")
+    assert root.find("devices/controller/driver").get("iothread") == "1"
+    assert root.findtext("iothreads") == "2"
 
 
 def test_iothreads_kept_when_the_vm_says_no(assert_valid) -> None:  # type: ignore[no-untyped-def]

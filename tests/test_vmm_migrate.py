@@ -464,6 +464,7 @@ def test_migrate_rules_shape_the_destination_domain(cloud: Cloud, hosts: SecondH
     name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     disk = (f"<disk type='file' device='disk'><source file='{image}'/><target dev='vda' bus='virtio'/>"
             "<driver name='qemu' type='raw' cache='none' iothread='1'/></disk>"
+            "<controller type='scsi' index='0' model='virtio-scsi'><driver queues='2' iothread='1'/></controller>"
             "<graphics type='vnc' autoport='yes' listen='127.0.0.2'><listen type='address' address='127.0.0.2'/>"
             "</graphics>")
     xml = domain_xml(name, dom_uuid, [disk]).replace(b"<vcpu>1</vcpu>", b"<vcpu>1</vcpu><iothreads>1</iothreads>")
@@ -487,7 +488,8 @@ def test_migrate_rules_shape_the_destination_domain(cloud: Cloud, hosts: SecondH
     graphics = moved.find("devices/graphics")
     assert graphics.get("listen") == "127.0.0.1" and graphics.find("listen").get("address") == "127.0.0.1"
     assert moved.find("iothreads") is None, "iothreads dropped"
-    assert moved.find("devices/disk/driver").get("iothread") is None
+    assert not moved.xpath("devices/*/driver[@iothread]"), "the disk and the controller unbound"
+    assert moved.find("devices/controller[@model='virtio-scsi']/driver").get("queues") == "2"
     assert moved.find(f"cpu/feature[@name='{feature}']") is not None, "libvirt kept the running guest's CPU"
     assert f"INFO: {vm_id} migrate-tweaks: libvirt snapshot metadata removed before migrating: before-upgrade" in log
     assert (f"INFO: {vm_id} migrate-tweaks: rule migrate-cpu-features rolled back: libvirt refused its change: "

@@ -1,11 +1,11 @@
-"""iothreads_drop: unbind virtio-blk disks (and, if asked, virtio-scsi controllers) from
-iothreads; when no device uses one any more, drop ``<iothreads>``, ``<iothreadids>`` and
-their ``<cputune>`` pinning too.
+"""iothreads_drop: unbind virtio-blk disks and virtio-scsi controllers from iothreads; when
+no device uses one any more, drop ``<iothreads>``, ``<iothreadids>`` and their
+``<cputune>`` pinning too.
 
 For a live migration to a host where the VM should run without iothreads (the add-on's
-disable-iothreads job). libvirt accepts unbinding disks on a live migration; it refused to
-change a virtio-scsi controller's ``<driver>`` in our tests (libvirt 9.0), hence
-``controllers`` is off by default.
+disable-iothreads job). libvirt accepts unbinding them on a live migration, except a
+controller whose ``<driver>`` would be left empty (libvirt 9.0 then refuses: "virtio
+options don't match"): such a controller stays bound, and ``<iothreads>`` with it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class IOThreadsDrop(Tweak):
     attributes = ("T_MIGRATE_IOTHREADS_DROP",)
     params = (
         Bool("drop", "yes: drop the iothreads; no: leave them", ),
-        Bool("controllers", "also unbind virtio-scsi controllers", default=False),
+        Bool("controllers", "also unbind virtio-scsi controllers", default=True),
     )
 
     def apply(self, ctx: Context) -> None:
@@ -32,6 +32,11 @@ class IOThreadsDrop(Tweak):
             devices += virtio_scsi_controllers(root)
         for device in devices:
             driver = device.find("driver")
+            if driver is not None and device.tag == "controller" and driver.get("iothread") is not None \
+                    and len(driver.attrib) == 1 and not len(driver):
+                ctx.note(f"controller {device.get('index', '0')}: left bound (an empty <driver> is refused "
+                         "by libvirt on a live migration)")
+                continue
             if driver is not None:
                 editor.set_attr(driver, "iothread", None)
                 # libvirt >= 8 may list several per disk: <driver><iothreads><iothread id=.../>
