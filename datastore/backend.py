@@ -192,6 +192,16 @@ class Backend(abc.ABC):
         raise DriverError(f"the {cls.name or cls.__name__} backend cannot attach volumes to hosts")
 
     @classmethod
+    def facts(cls, vm: etree._Element | None, datastore: etree._Element | None, config: Config | None,
+              disks: Sequence[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """Facts of its own for the tweak rules (``datastore.facts``): ``storage.*`` and
+        ``system_ds.*`` scalars, and ``storage_*`` keys for the VM's ``disks`` (DISK_IDs) this
+        backend keeps, e.g. the volume names, monitors and secret of network disks. Asked only
+        of backends whose ``disk_form`` is ``network`` (block backends are not imported on
+        deploy); ``vm``, ``datastore`` and ``config`` may be None (``one-tweaks apply``)."""
+        return {}, {}
+
+    @classmethod
     def image_tags(cls, image: Mapping[str, str], config: Config) -> dict[str, str]:
         """Tags an image's volume gets besides virt/nloc, from the image's TEMPLATE attributes
         and the configuration (the datastore's settings on top)."""

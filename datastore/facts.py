@@ -10,10 +10,11 @@
   hook has it: it ships it to the host as ``ds.xml``).
 - per disk kept by a backend (its own TM_MAD, or the system datastore's for volatile and
   context disks): ``storage_form`` (``block`` or ``network``).
+- what a network backend adds itself (``Backend.facts``: e.g. volume names, monitors).
 
 The deploy hook passes them to the engine (``vmm.actions.deploy_tweaks``); ``one-tweaks apply``
-gets them through the ``one_tweaks.facts`` entry point (``supplier``). Nothing here imports a
-backend module: the registry's declarations are read as text.
+gets them through the ``one_tweaks.facts`` entry point (``supplier``). Only network backends
+are imported here (their ``facts``); the others' declarations are read as text.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from onelib import xmldoc
 
-from .backends import disk_forms
+from .backends import backend_class, disk_forms
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -59,10 +60,22 @@ def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = 
         context_id = xmldoc.text(vm, "TEMPLATE/CONTEXT/DISK_ID")
         if context_id:
             entries.append((context_id, "", True))
+        kept: dict[str, list[str]] = {}  # TM_MAD -> its disks
         for disk_id, own, system in entries:
             tm_mad = own or (system_tm if system else "")
             if disk_id and tm_mad in forms:
                 disks[disk_id] = {"storage_form": forms[tm_mad]}
+                kept.setdefault(tm_mad, []).append(disk_id)
+        if datastore is not None and forms.get(xmldoc.text(datastore, "TM_MAD")) == "network":
+            kept.setdefault(xmldoc.text(datastore, "TM_MAD"), [])
+        # network backends describe their disks themselves (volume names, monitors, secrets)
+        for tm_mad in sorted(d for d in kept if forms[d] == "network"):
+            own_scalars, own_disks = backend_class(tm_mad).facts(vm, datastore, config, kept[tm_mad])
+            for name, value in own_scalars.items():
+                scalars.setdefault(name, value)
+            for disk_id, values in own_disks.items():
+                if disk_id in disks:
+                    disks[disk_id].update({k: v for k, v in values.items() if k.startswith("storage_")})
     return scalars, disks
 
 

@@ -63,6 +63,10 @@ TOY = textwrap.dedent('''
         group_snapshots = False
 
         @classmethod
+        def facts(cls, vm, datastore, config, disks):
+            return {"storage.toy_pool": "pool0"}, {d: {"storage_volume": f"toy-{d}", "other": "x"} for d in disks}
+
+        @classmethod
         def doctor(cls, config, datastores, problem):
             super(StorPool, cls).doctor(config, datastores, problem)  # the declared kinds only
             problem(f"api: toy checked {len(datastores())} datastore(s) with TOY_POOL={config.get('TOY_POOL')}")
@@ -218,9 +222,11 @@ def test_storage_facts_come_from_the_declarations(toy: Path) -> None:
     assert scalars["storage.network_tm_mads"] == "toy"
     assert scalars["system_ds.ID"] == "101" and scalars["system_ds.TM_MAD"] == "toy"
     assert scalars["system_ds.TOY_POOL"] == "fast"
-    # image disk 0 on storpool, volatile disk 1 and the context (3) on the toy system datastore
-    assert disks == {"0": {"storage_form": "block"}, "1": {"storage_form": "network"},
-                     "3": {"storage_form": "network"}}
+    # image disk 0 on storpool, volatile disk 1 and the context (3) on the toy system datastore,
+    # which describes its network disks itself (Backend.facts; only storage_* keys are taken)
+    assert disks == {"0": {"storage_form": "block"}, "1": {"storage_form": "network", "storage_volume": "toy-1"},
+                     "3": {"storage_form": "network", "storage_volume": "toy-3"}}
+    assert scalars["storage.toy_pool"] == "pool0"
 
 
 @pytest.mark.parametrize(("tm", "supplied", "block"), [
