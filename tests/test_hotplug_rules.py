@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,8 @@ from test_vmm_disks import run_vmm
 
 from tweaks import provenance
 
+# VM ids (so domain names) of this session: concurrent pytest sessions share one libvirtd
+BASE_ID = 100000 + os.getpid() % 100000 * 8
 FIXTURES = (cloud, lcloud, sshd, libvirtd)
 pytestmark = pytest.mark.libvirtd
 
@@ -106,6 +110,7 @@ def _deploy_then_hotplug(cloud: Cloud, vm_id: int, images: tuple[int, int, int],
         deployed = _devices(name)
         stamp = provenance.read(dumpxml(name))
         assert stamp is not None and stamp.changed_by()["disk-driver"] == ["disk_driver"]
+        _gone(name)  # before the epilog; a loaded machine can need more than one destroy
         fe.terminate(vm_id)
 
         vm = _register(cloud, vm_id, images)
@@ -127,6 +132,14 @@ def _deploy_then_hotplug(cloud: Cloud, vm_id: int, images: tuple[int, int, int],
         virsh("destroy", name, check=False, timeout=120)
 
 
+def _gone(name: str) -> None:
+    deadline = time.monotonic() + 180
+    while virsh("domstate", name, check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"{name} would not go away"
+        virsh("destroy", name, check=False, timeout=120)
+        time.sleep(1)
+
+
 def _same(deployed: dict[str, bytes], hotplugged: dict[str, bytes]) -> None:
     assert sorted(hotplugged) == sorted(deployed)
     for key in sorted(deployed):
@@ -138,7 +151,7 @@ def test_storpool_disks_and_a_nic_hot_plugged_equal_the_deployed_ones(cloud: Clo
     _rules(cloud, tmp_path)
     for image in (71, 72, 73):
         cloud.make_volume(f"one-img-{image}", 16, data=f"image {image}".encode() * 64)
-    deployed, hotplugged = _deploy_then_hotplug(cloud, 7391, (71, 72, 73), nic=True)
+    deployed, hotplugged = _deploy_then_hotplug(cloud, BASE_ID + 0, (71, 72, 73), nic=True)
     _same(deployed, hotplugged)
     vdb = etree.fromstring(hotplugged["disk vdb"])
     drv = vdb.find("driver")
@@ -157,7 +170,7 @@ def test_linstor_disks_hot_plugged_equal_the_deployed_ones(lcloud: LinstorCloud,
     for image in (81, 82, 83):
         lcloud.make_image(image, size_mb=16)
         lcloud.make_volume(f"one-image-{image}", 16, data=f"image {image}".encode() * 64, tags={"virt": "one"})
-    deployed, hotplugged = _deploy_then_hotplug(lcloud, 7392, (81, 82, 83), nic=False)
+    deployed, hotplugged = _deploy_then_hotplug(lcloud, BASE_ID + 1, (81, 82, 83), nic=False)
     _same(deployed, hotplugged)
     drv = etree.fromstring(hotplugged["disk vdb"]).find("driver")
     assert (drv.get("iothread"), drv.get("queues"), drv.get("cache")) == ("2", "2", "writeback")
@@ -173,7 +186,7 @@ def test_linstor_disks_hot_plugged_equal_the_deployed_ones(lcloud: LinstorCloud,
     ],
 )
 def test_attach_nic_bad_input_fails_with_one_line(cloud: Cloud, case: str, expected: str) -> None:
-    vm = _register(cloud, 7393, (71, 72, 73))
+    vm = _register(cloud, 7393, (71, 72, 73))  # no domain: a fixed id is fine
     nic = vm.find("TEMPLATE/NIC")
     etree.SubElement(nic, "ATTACH").text = "YES"
     mac = nic.findtext("MAC")

@@ -8,6 +8,7 @@ says, in one VM-log line, which rules differ (never a failure).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from test_vmm_migrate import SecondHost, hosts, second_host
 
 from tweaks import __version__, provenance
 
+# VM ids (so domain names) of this session: concurrent pytest sessions share one libvirtd
+BASE_ID = 100000 + os.getpid() % 100000 * 8
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts)
 pytestmark = pytest.mark.libvirtd
 
@@ -54,7 +57,8 @@ def _vm_log(fe: Frontend, what: str) -> list[str]:
 
 
 def test_stamp_after_deploy_and_save_restore_and_restore_checks_the_rules(cloud: Cloud, tmp_path: Path) -> None:
-    vm_id, name = 7395, "one-7395"
+    vm_id = BASE_ID + 0
+    name = f"one-{vm_id}"
     rules = tmp_path / "site-rules"
     rules.mkdir()
     rule = rules / "52-disk-driver.yaml"
@@ -97,7 +101,8 @@ def provenance_hash(path: Path) -> str:
 
 
 def test_stamp_survives_a_live_migration(cloud: Cloud, hosts: SecondHost) -> None:
-    vm_id, name = 7396, "one-7396"
+    vm_id = BASE_ID + 1
+    name = f"one-{vm_id}"
     cloud.sshd = dataclasses.replace(cloud.sshd, ssh_config=hosts.ssh_config)
     _vm(cloud, vm_id, 96)
     fe = Frontend(cloud, paused=False)
