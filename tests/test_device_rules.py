@@ -131,3 +131,13 @@ def test_fragment_capability_is_declared_by_the_device_tweaks() -> None:
 def test_only_disks_and_interfaces() -> None:
     with pytest.raises(InputError, match="not <video>"):
         device.apply_to_device(engine.parse_xml(deployment(), "d"), etree.Element("video"), None, [])
+
+
+def test_list_says_which_tweaks_shape_a_hot_plugged_device() -> None:
+    from conftest import run_cli
+
+    out = run_cli("list").stdout.decode()
+    block = out.split("nic_queues:", 1)[1].split("\n", 3)
+    assert "    shapes a hot-plugged device alone: interface" in block
+    assert "cpu_model:" in out and "shapes a hot-plugged device alone" not in out.split("cpu_model:", 1)[1].split(
+        "\n", 2)[1]

@@ -233,6 +233,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{tweak.name}: {tweak.summary}")
         if tweak.attributes:
             print(f"    VM attributes: {', '.join(tweak.attributes)}")
+        if tweak.fragments:
+            print(f"    shapes a hot-plugged device alone: {', '.join(tweak.fragments)}")
         for p in tweak.params:
             default = "" if p.default is None else f" (default {p.default})"
             print(f"    {p.name}: {p.type_doc()}{default} - {p.doc}")
