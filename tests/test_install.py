@@ -125,6 +125,8 @@ def test_install_patches_exactly_the_lists_and_blocks(front: Front, capsys: pyte
     assert front.option("DATASTORE_MAD", "-s") == [*stock_option(version, "DATASTORE_MAD", "-s"), "storpool"]
     local = front.option("VM_MAD", "-l", NAME="kvm")
     assert local == [f"{k}={v}" for k, v in vmm_available().items()]
+    assert "attach_nic=attach_nic-tweaks" in local, "hot-plugged NICs get the rules too"
+    assert (front.remotes / "vmm" / "kvm" / "attach_nic-tweaks").is_file()
     # the other VM_MADs are left alone
     assert front.option("VM_MAD", "-l", NAME="qemu") == []
 
