@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lxml import etree
 
-from onelib import xmldoc
+from onelib import paths, xmldoc
 from onelib.config import Config
 from onelib.hostcmd import Host
 from onelib.oned import Oned
@@ -74,12 +73,12 @@ class Driver:
             self.config, self.names, self.ds_id if ds_id is None else ds_id)
 
     def shell(self, host: str) -> Host:
-        ssh = shlex.split(self.config.get("SSH_COMMAND") or "ssh")
+        ssh = self.config.ssh_command()
         return Host(host, ssh=ssh, timeout=float(self.config.integer("HOST_TIMEOUT") or 600))
 
     def bridge(self) -> str:
         """The host that stages image data: the first BRIDGE_LIST host, else the front-end."""
-        hosts = self.config.get("BRIDGE_LIST").split()
+        hosts = paths.host_list(self.config.get("BRIDGE_LIST"), "BRIDGE_LIST")
         return hosts[0] if hosts else ""
 
     def host(self, name: str) -> HostRef:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from lxml import etree
 
-from onelib import xmldoc
+from onelib import numbers, xmldoc
 from onelib.errors import DriverError
 from onelib.main import finish, run
 from tweaks.record import record
@@ -56,12 +56,11 @@ def parse_request(driver: str, action: str, argv: Sequence[str], stdin: bytes | 
     else:
         raise DriverError(f"{action}: expected '<id>' (payload on stdin) or '<payload> <id>', "
                           f"got {len(args)} arguments")
-    if not raw_id.lstrip("-").isdigit():
-        raise DriverError(f"{action}: id {raw_id!r} is not a number")
+    obj_id = numbers.object_id(raw_id, f"{action}: id", signed=True)
     root = xmldoc.parse_b64(payload, f"{action}: driver action data")
     if root.tag != "DS_DRIVER_ACTION_DATA":
         raise DriverError(f"{action}: driver action data is <{root.tag}>, not <DS_DRIVER_ACTION_DATA>")
-    return DsRequest(driver=driver, action=action, id=int(raw_id), root=root)
+    return DsRequest(driver=driver, action=action, id=obj_id, root=root)
 
 
 def ds_main(path: str | None = None) -> None:

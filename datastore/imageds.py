@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 
 from lxml import etree
 
-from onelib import log, paths, xmldoc
+from onelib import log, numbers, paths, xmldoc
+from onelib.config import SANE_MAX
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
 
@@ -113,9 +114,7 @@ class DsAction:
 
     def seconds(self, name: str, default: int) -> float:
         raw = self.setting(name, str(default))
-        if not raw.isdigit() or int(raw) <= 0:
-            raise DriverError(f"{name}={raw!r} is not a number of seconds")
-        return float(raw)
+        return float(numbers.whole(raw, f"{name}=", minimum=1, maximum=SANE_MAX, unit="a number of seconds"))
 
     # --- names and places ----------------------------------------------------------------------
     def staging_name(self, image_id: int) -> str:
@@ -126,10 +125,8 @@ class DsAction:
     def staging_host(self, seed: int, attr: str = "BRIDGE_LIST") -> str:
         """The host that stages data: one of BRIDGE_LIST (round robin by ``seed``, so a re-run
         picks the same one), or "" (the front-end itself) when the list is empty."""
-        hosts = self.setting(attr).split() or self.setting("BRIDGE_LIST").split()
-        if not hosts:
-            return ""
-        return paths.check_host(hosts[seed % len(hosts)])
+        hosts = paths.host_list(self.setting(attr), attr) or paths.host_list(self.setting("BRIDGE_LIST"), "BRIDGE_LIST")
+        return hosts[seed % len(hosts)] if hosts else ""
 
     def staging_dir(self) -> str:
         directory = paths.clean_path(self.setting("STAGING_DIR", "/var/tmp"), "STAGING_DIR")

@@ -280,7 +280,8 @@ def _open(url: str, timeout: float, method: str = "GET", headers: dict[str, str]
 
 def _content_length(response: Any) -> int | None:
     raw = response.headers.get("Content-Length")
-    return int(raw) if raw and raw.strip().isdigit() else None
+    text = (raw or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def download(url: str, dest: IO[bytes], *, timeout: float = 60.0) -> dict[str, str]:
@@ -318,7 +319,7 @@ def url_size(url: str, scratch: str, *, timeout: float = 60.0, probe: int = 4 * 
     with response:
         total = _content_length(response)
         if response.status == 206:
-            match = re.search(r"/([0-9]+)\s*$", response.headers.get("Content-Range") or "")
+            match = re.search(r"/([0-9]{1,18})\s*$", response.headers.get("Content-Range") or "")
             total = int(match.group(1)) if match else None
         try:
             with open(scratch, "wb") as fh:

@@ -83,19 +83,20 @@ class Names:
     @staticmethod
     def disk_snapshot_id(volume: str, name: str) -> int | None:
         """The snapshot id when ``name`` is a disk snapshot of ``volume``, else None."""
-        match = re.fullmatch(re.escape(volume) + r"-snap([0-9]+)", name)
+        match = re.fullmatch(re.escape(volume) + r"-snap([0-9]{1,10})", name)
         return int(match.group(1)) if match else None
 
     @staticmethod
     def split_disk_snapshot(name: str) -> tuple[str, int] | None:
         """(volume, snapshot id) of a disk snapshot name, else None."""
-        match = re.fullmatch(r"(.+)-snap(\d+)", name)
+        match = re.fullmatch(r"(.+)-snap([0-9]{1,10})", name)
         return (match.group(1), int(match.group(2))) if match else None
 
     def disk_owner(self, volume: str) -> tuple[int, int] | None:
         """(VM id, disk id) of a VM's own disk volume (image clone, volatile disk, context)."""
         px = re.escape(self.px)
-        for pattern in (rf"{px}-img-\d+-(\d+)-(\d+)", rf"{px}-sys-(\d+)-(\d+)-(?:raw|swap|iso)"):
+        n = "([0-9]{1,10})"
+        for pattern in (rf"{px}-img-{n[1:-1]}-{n}-{n}", rf"{px}-sys-{n}-{n}-(?:raw|swap|iso)"):
             match = re.fullmatch(pattern, volume)
             if match:
                 return int(match.group(1)), int(match.group(2))

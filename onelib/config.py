@@ -13,6 +13,7 @@ import os
 import shlex
 from collections.abc import Mapping
 
+from . import numbers
 from .errors import DriverError
 
 DEFAULT_PATH = "/etc/one/one-tweaks.conf"
@@ -35,6 +36,8 @@ DEFAULTS: dict[str, str] = {
     "REMOTE_BACKUP_DELETE": "",
     "CHECKPOINT_MARGIN": "1.1",
 }
+
+SANE_MAX = 10**9  # any count or number of seconds a setting can mean (31 years)
 
 
 
@@ -95,13 +98,19 @@ class Config:
         merged.update(self.values)
         return Config(merged).overlay(attrs or {}, frozenset(defaults), prefixes)
 
-    def integer(self, name: str, minimum: int = 0) -> int | None:
-        raw = self.get(name).strip()
-        if raw == "":
-            return None
-        if not raw.isdigit() or int(raw) < minimum:
-            raise DriverError(f"configuration {name}={raw!r} is not a whole number >= {minimum}")
-        return int(raw)
+    def integer(self, name: str, minimum: int = 0, maximum: int = SANE_MAX) -> int | None:
+        """A whole-number setting (counts, sizes, timeouts in seconds); None when unset."""
+        return numbers.maybe(self.get(name), f"configuration {name}=", minimum=minimum, maximum=maximum)
+
+    def ssh_command(self) -> list[str]:
+        """SSH_COMMAND as argv, split as a shell would split it (quotes and all): every
+        command that reaches a host goes through this, so all hosts see the same ssh."""
+        raw = self.get("SSH_COMMAND").strip() or "ssh"
+        try:
+            words = shlex.split(raw)
+        except ValueError as exc:
+            raise DriverError(f"configuration SSH_COMMAND={raw!r}: {exc}") from None
+        return words or ["ssh"]
 
     def seconds(self, name: str) -> int:
         """``48h``, ``30m``, ``90s``, ``2d`` or a plain number of seconds."""
@@ -109,6 +118,8 @@ class Config:
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
         scale = units.get(raw[-1:])
         digits = raw[:-1] if scale else raw
-        if not digits.isdigit():
-            raise DriverError(f"configuration {name}={raw!r} is not a duration like 48h")
-        return int(digits) * (scale or 1)
+        try:
+            return numbers.whole(digits, "", maximum=SANE_MAX // (scale or 1)) * (scale or 1)
+        except DriverError:
+            raise DriverError(f"configuration {name}={self.get(name).strip()!r} is not a duration like 48h "
+                              f"(at most {SANE_MAX // 86400} days)") from None

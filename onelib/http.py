@@ -45,7 +45,7 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         host, _, port_text = authority.partition(":")
     if not host:
         raise ValueError(f"{url!r} names no host")
-    if port_text and not (port_text.isascii() and port_text.isdigit()):
+    if port_text and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
         raise ValueError(f"{url!r}: port {port_text!r} is not a number")
     port = int(port_text) if port_text else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
@@ -103,7 +103,8 @@ def _read_response(reply: IO[bytes], method: str) -> Response:
         if not status_line:
             raise ProtocolError("connection closed without a reply")
         parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (
+                len(parts[1]) == 3 and parts[1].isascii() and parts[1].isdigit()):
             raise ProtocolError(f"not an HTTP reply: {status_line[:60]!r}")
         status, reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
         headers = _read_headers(reply)
@@ -115,7 +116,7 @@ def _read_response(reply: IO[bytes], method: str) -> Response:
         body = _read_chunked(reply)
     elif "content-length" in headers:
         length = headers["content-length"].strip()
-        if not (length.isascii() and length.isdigit()):
+        if not (length.isascii() and length.isdigit() and len(length) <= 18):
             raise ProtocolError(f"bad Content-Length {length!r}")
         body = reply.read(int(length))
         if len(body) != int(length):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -19,7 +20,7 @@ def run(ident: str, action: Action, argv: Sequence[str] | None = None) -> int:
     line on stderr and a non-zero exit (never a traceback: oned shows stderr to users)."""
     log.setup(ident)
     args = list(sys.argv[1:] if argv is None else argv)
-    log.info(f"start {' '.join(args)}")
+    log.info(f"start {shown_args(args)}")
     try:
         out = action(args)
     except DriverError as exc:
@@ -45,6 +46,19 @@ def run(ident: str, action: Action, argv: Sequence[str] | None = None) -> int:
             return 1
     log.info("done")
     return 0
+
+
+# What an argument may be to reach the log as written: a number, a short word (host name,
+# deploy id, format), an absolute path or host:path. Anything else is a payload (oned <= 6.6.1
+# passes the base64 DS_DRIVER_ACTION_DATA as an argument, the datastore's secrets inside:
+# SP_AUTH_TOKEN, LINSTOR keys) and is logged as its length only. Base64 never matches: it has
+# no ':', cannot start with '/', and no payload is as short as a word.
+_PLAIN_ARG = re.compile(r"-?[0-9]{1,12}|-|[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(?::/\S{0,4095})?|/\S{0,4095}")
+
+
+def shown_args(args: Sequence[str]) -> str:
+    """``args`` as the syslog line shows them: ids, hosts and paths; never payloads."""
+    return " ".join(a if _PLAIN_ARG.fullmatch(a) else f"<{len(a)} characters not logged>" for a in args)
 
 
 def finish(code: int) -> NoReturn:

@@ -219,7 +219,10 @@ class Oned:
         self.call("one.image.update", image_id, template, 1 if append else 0)
 
     def image_allocate(self, template: str, ds_id: int) -> int:
-        return int(self.call("one.image.allocate", template, ds_id, False))
+        image_id = self.call("one.image.allocate", template, ds_id, False)
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DriverError(f"OpenNebula API one.image.allocate: answered {str(image_id)[:40]!r}, not an image id")
+        return image_id
 
     def host_by_name(self, name: str) -> etree._Element | None:
         for host in self.hosts().iterfind("HOST"):

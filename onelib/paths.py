@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
+from . import numbers
 from .errors import DriverError
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
@@ -23,6 +24,16 @@ def check_host(host: str) -> str:
     if not _HOST.fullmatch(host):
         raise DriverError(f"host name {host!r} is not acceptable")
     return host
+
+
+def host_list(raw: str, what: str) -> list[str]:
+    """A space-separated list of host names (BRIDGE_LIST...), every name checked: one that
+    starts with ``-`` would reach ssh as an option."""
+    hosts = raw.split()
+    for host in hosts:
+        if not _HOST.fullmatch(host):
+            raise DriverError(f"{what}: host name {host!r} is not acceptable")
+    return hosts
 
 
 def clean_path(path: str, what: str = "path") -> str:
@@ -45,6 +56,4 @@ def disk_id(path: str) -> int:
 
 
 def number(arg: str, what: str) -> int:
-    if not re.fullmatch(r"-?[0-9]{1,12}", arg):
-        raise DriverError(f"{what} {arg!r} is not a number")
-    return int(arg)
+    return numbers.whole(arg, what, minimum=-(10**12 - 1), maximum=10**12 - 1, signed=True, unit="a number")

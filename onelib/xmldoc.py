@@ -7,6 +7,7 @@ import binascii
 
 from lxml import etree
 
+from . import numbers
 from .errors import DriverError
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -55,10 +56,7 @@ def integer(el: etree._Element | None, path: str, what: str, default: int | None
         if default is None:
             raise DriverError(f"{what}: {path} is missing")
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise DriverError(f"{what}: {path}={value!r} is not a number") from None
+    return numbers.whole(value, f"{what}: {path}=", minimum=-numbers.MAX, signed=True, unit="a number")
 
 
 def template_attrs(el: etree._Element | None) -> dict[str, str]:

@@ -56,7 +56,7 @@ from lxml import etree
 
 from datastore.backend import Volume
 from datastore.driver import Driver
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
 from onelib.paths import clean_path, split_host_path
@@ -163,7 +163,7 @@ def is_backup_snapshot(snap: Volume, drv: Driver, vm_id: int, volumes: Sequence[
         return False
     for volume in volumes:
         stamp = snap.name.removeprefix(volume + BACKUP_MARK)
-        if stamp != snap.name and stamp.isdigit():
+        if stamp != snap.name and numbers.is_whole(stamp):
             return True
     return False
 

@@ -21,7 +21,7 @@ from datastore.naming import (
     TYPE_PERSISTENT,
     Names,
 )
-from onelib import xmldoc
+from onelib import numbers, xmldoc
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
 from onelib.paths import clean_path, disk_id, split_host_path
@@ -73,7 +73,7 @@ def system_ds_of(vm_dir: str) -> int:
     """The system datastore id of a VM directory ``.../<ds_id>/<vm_id>`` (checked by
     ``check_vm_dir``)."""
     raw = posixpath.basename(posixpath.dirname(vm_dir.rstrip("/")))
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+    if not numbers.is_whole(raw, 9):
         raise DriverError(f"{vm_dir} is not a VM directory in a system datastore")
     return int(raw)
 
@@ -81,7 +81,7 @@ def system_ds_of(vm_dir: str) -> int:
 def check_vm_dir(path: str, vm_id: int, what: str = "VM directory") -> str:
     """``path`` must be a VM directory of VM ``vm_id`` (``.../<ds_id>/<vm_id>``)."""
     parts = path.rstrip("/").split("/")
-    if len(parts) < 3 or parts[-1] != str(vm_id) or not parts[-2].isdigit():
+    if len(parts) < 3 or parts[-1] != str(vm_id) or not numbers.is_whole(parts[-2], 9):
         raise DriverError(f"{what} {path} is not VM {vm_id}'s directory in a system datastore")
     return path
 
@@ -149,11 +149,11 @@ def vm_disk(vm: etree._Element, wanted: int) -> VmDisk:
         clone = xmldoc.text(disk, "CLONE").upper()
         persistent = xmldoc.text(disk, "PERSISTENT").upper() == "YES" or (kind == "image" and clone == "NO")
         return VmDisk(
-            disk_id=wanted, kind=kind, image_id=int(image_id) if image_id.isdigit() else None,
+            disk_id=wanted, kind=kind, image_id=int(image_id) if numbers.is_whole(image_id, 10) else None,
             source=xmldoc.text(disk, "SOURCE"), size_mb=xmldoc.integer(disk, "SIZE", "disk", default=0),
             persistent=persistent, readonly=xmldoc.text(disk, "READONLY").upper() == "YES",
             swap=kind_raw == "SWAP", fs=xmldoc.text(disk, "FS"), tm_mad=xmldoc.text(disk, "TM_MAD"),
-            datastore_id=int(ds_id) if ds_id.isdigit() else None,
+            datastore_id=int(ds_id) if numbers.is_whole(ds_id, 10) else None,
         )
     if template is not None and xmldoc.text(template, "CONTEXT/DISK_ID") == str(wanted):
         return VmDisk(disk_id=wanted, kind="context", image_id=None, source="", size_mb=0, persistent=False,
@@ -162,15 +162,11 @@ def vm_disk(vm: etree._Element, wanted: int) -> VmDisk:
 
 
 def vm_id_arg(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise DriverError(f"VM id {raw!r} is not a number")
-    return int(raw)
+    return numbers.object_id(raw, "VM id")
 
 
 def ds_id_arg(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise DriverError(f"datastore id {raw!r} is not a number")
-    return int(raw)
+    return numbers.object_id(raw, "datastore id")
 
 
 def fetch_vm(drv: Driver, vm_id: int) -> etree._Element:
@@ -231,10 +227,10 @@ def vm_volumes(drv: Driver, vm: etree._Element, vm_id: int) -> list[tuple[VmDisk
     ids: list[int] = []
     for disk in template.iterfind("DISK") if template is not None else ():
         raw = xmldoc.text(disk, "DISK_ID")
-        if raw.isdigit():
+        if numbers.is_whole(raw, 10):
             ids.append(int(raw))
     context = xmldoc.text(template, "CONTEXT/DISK_ID")
-    if context.isdigit():
+    if numbers.is_whole(context, 10):
         ids.append(int(context))
     out = []
     for wanted in ids:

@@ -50,7 +50,7 @@ from lxml import etree
 
 from datastore.driver import Driver
 from datastore.naming import TYPE_CHECKPOINT, tags
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import Conflict, DriverError, NotFound
 from onelib.paths import check_host, clean_path
@@ -111,7 +111,7 @@ class CheckpointCall:
     @property
     def ds_id(self) -> int:
         for raw in (xmldoc.text(self.datastore, "ID"), self._history("DS_ID"), self.file.split("/")[-3]):
-            if raw.isascii() and raw.isdigit() and len(raw) < 10:
+            if numbers.is_whole(raw, 9):
                 return int(raw)
         raise DriverError(f"VM {self.vm_id}: no system datastore id in the driver message")
 
@@ -169,7 +169,7 @@ def checkpoint_path(raw: str, vm: int) -> str:
     if not _SAFE_PATH.fullmatch(path):
         raise DriverError(f"checkpoint file {raw!r} contains characters a datastore path never has")
     parts = path.split("/")
-    if len(parts) < 4 or parts[-2] != str(vm) or not parts[-3].isdigit():
+    if len(parts) < 4 or parts[-2] != str(vm) or not numbers.is_whole(parts[-3], 10):
         raise DriverError(f"checkpoint file {raw!r} is not in VM {vm}'s system datastore directory")
     return path
 

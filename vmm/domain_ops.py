@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shlex
 
 from lxml import etree
 
-from onelib import xmldoc
+from onelib import numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError, NotFound
 from onelib.hostcmd import Host
@@ -47,15 +46,11 @@ def is_uuid(raw: str) -> bool:
 
 
 def vm_id(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise DriverError(f"VM id {raw!r} is not a number")
-    return int(raw)
+    return numbers.object_id(raw, "VM id")
 
 
 def whole(raw: str, what: str, maximum: int = 10**9) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or int(raw) > maximum:
-        raise DriverError(f"{what} {raw!r} is not a whole number")
-    return int(raw)
+    return numbers.whole(raw, what, maximum=maximum)
 
 
 def host(raw: str) -> str:
@@ -81,7 +76,7 @@ def disk_target_path(raw: str, vm: int, disk: int | None = None) -> str:
     path = safe_path(raw, "disk path")
     match = _DISK.fullmatch(posixpath.basename(path))
     parts = posixpath.dirname(path).split("/")
-    if match is None or len(parts) < 3 or parts[-1] != str(vm) or not parts[-2].isdigit():
+    if match is None or len(parts) < 3 or parts[-1] != str(vm) or not numbers.is_whole(parts[-2], 10):
         raise DriverError(f"disk path {raw} is not a disk.N of VM {vm} in a system datastore")
     if disk is not None and int(match.group(1)) != disk:
         raise DriverError(f"disk path {raw} is not disk.{disk}")
@@ -129,7 +124,7 @@ def last_history(vm: etree._Element) -> etree._Element:
 # --- hosts -----------------------------------------------------------------------------------
 
 def shell(config: Config, name: str) -> Host:
-    ssh = shlex.split(config.get("SSH_COMMAND") or "ssh")
+    ssh = config.ssh_command()
     return Host(name, ssh=ssh, timeout=float(config.integer("HOST_TIMEOUT") or 600))
 
 

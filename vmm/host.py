@@ -24,7 +24,7 @@ import subprocess
 
 from lxml import etree
 
-from onelib import xmldoc
+from onelib import numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
@@ -51,9 +51,7 @@ def deploy_id(raw: str) -> str:
 
 
 def vm_id(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise DriverError(f"VM id {raw!r} is not a number")
-    return int(raw)
+    return numbers.object_id(raw, "VM id")
 
 
 def uri(template: str, host: str, what: str) -> str:
@@ -77,7 +75,7 @@ def options(raw: str, what: str) -> list[str]:
 
 
 def shell(config: Config, host: str) -> Host:
-    ssh = shlex.split(config.get("SSH_COMMAND") or "ssh")
+    ssh = config.ssh_command()
     return Host(check_host(host), ssh=ssh, timeout=float(config.integer("HOST_TIMEOUT") or 600))
 
 

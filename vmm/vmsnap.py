@@ -27,8 +27,8 @@ from lxml import etree
 from datastore.backend import Backend, Volume
 from datastore.backends import find
 from datastore.driver import Driver
-from onelib import xmldoc
-from onelib.config import Config
+from onelib import numbers, xmldoc
+from onelib.config import SANE_MAX, Config
 from onelib.errors import DriverError
 from onelib.oned import Oned
 from tm.common import vm_disk, vm_volumes
@@ -129,9 +129,9 @@ class SnapContext:
         template = self.vm.find("TEMPLATE")
         for el in template.iterfind("DISK") if template is not None else ():
             raw = xmldoc.text(el, "DISK_ID")
-            if not raw.isdigit():
+            if not raw:
                 raise DriverError(f"VM {self.vm_id} has a DISK without a DISK_ID")
-            disk = vm_disk(self.vm, int(raw))
+            disk = vm_disk(self.vm, numbers.object_id(raw, f"VM {self.vm_id}: DISK_ID"))
             if disk.kind == "cdrom" or disk.readonly:
                 continue
             name = kept.get(disk.disk_id)
@@ -209,9 +209,7 @@ class SnapContext:
         configuration. Empty: no limit."""
         raw = self.vm_attr("VMSNAPSHOT_LIMIT")
         if raw:
-            if not raw.isascii() or not raw.isdigit():
-                raise DriverError(f"VMSNAPSHOT_LIMIT={raw!r} of VM {self.vm_id} is not a whole number")
-            return int(raw)
+            return numbers.whole(raw, f"VM {self.vm_id}: VMSNAPSHOT_LIMIT=", maximum=SANE_MAX)
         return self.drv.config.integer("VMSNAPSHOT_LIMIT")
 
     def wants_freeze(self) -> bool:

@@ -80,7 +80,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import linstor  # type: ignore[import-untyped]
 from linstor import sharedconsts as consts
 
-from onelib.config import Config
+from onelib import numbers
+from onelib.config import SANE_MAX, Config
 from onelib.errors import Conflict, DriverError, NotFound, Transient
 from tweaks.record import field, record
 
@@ -233,9 +234,7 @@ def _count(config: Config, *names: str) -> int | None:
     for name in names:
         raw = config.get(name).strip()
         if raw:
-            if not raw.isdigit() or int(raw) < 1:
-                raise DriverError(f"{name}={raw!r} is not a number of replicas")
-            return int(raw)
+            return numbers.whole(raw, f"{name}=", minimum=1, maximum=SANE_MAX, unit="a number of replicas")
     return None
 
 
@@ -1005,7 +1004,7 @@ def _same(a: Any, b: str) -> bool:
 
 def _sequence(sd: Any) -> int:
     raw = str((sd.properties or {}).get("SequenceNumber", "0"))
-    return int(raw) if raw.isdigit() else 0
+    return int(raw) if numbers.is_whole(raw) else 0
 
 
 def _derived(resource: str, suffix: str) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from onelib import numbers
 from onelib.config import Config
 from onelib.errors import DriverError, NotFound
 
@@ -91,9 +92,8 @@ class StorPool(Backend):
         """Connection settings: ``/etc/storpool.conf``, then the driver configuration, then the
         datastore's own SP_API_HTTP_HOST/PORT and SP_AUTH_TOKEN (several clusters)."""
         host, port, token = api_settings(config)
-        if not port.isdigit():
-            raise DriverError(f"SP_API_HTTP_PORT={port!r} is not a port number")
-        api = Api(host, int(port), token, timeout=float(config.integer("API_TIMEOUT") or 30),
+        port_number = numbers.whole(port, "SP_API_HTTP_PORT=", minimum=1, maximum=65535, unit="a port number")
+        api = Api(host, port_number, token, timeout=float(config.integer("API_TIMEOUT") or 30),
                   retries=config.integer("API_RETRIES") or 0)
         return cls(api, attach_timeout=config.integer("ATTACH_TIMEOUT") or 20)
 
@@ -105,9 +105,10 @@ class StorPool(Backend):
         if not client:
             conf = config.get("SP_STORPOOL_CONF") or "/etc/storpool.conf"
             client = read_storpool_conf(conf, name or None).get("SP_OURID", "")
-        if not client.isdigit():
-            where = f"host {name}" if name else "the front-end"
+        where = f"host {name}" if name else "the front-end"
+        if not client:
             raise DriverError(f"no StorPool client id (SP_OURID) for {where}: set it in the host's template")
+        client = str(numbers.whole(client, f"SP_OURID of {where}:", maximum=numbers.ID_MAX, unit="a client id"))
         device_dir = attrs.get("SP_DEVICE_DIR") or config.get("SP_DEVICE_DIR") or "/dev/storpool"
         return HostRef(name=name, client=client, device_dir=device_dir)
 
@@ -134,7 +135,7 @@ class StorPool(Backend):
             problem(f"api: StorPool API not configured: set SP_API_HTTP_HOST, SP_API_HTTP_PORT and SP_AUTH_TOKEN "
                     f"in {conf_path} (or {config.get('SP_STORPOOL_CONF')}); --offline skips this check")
             return
-        if not port.isdigit():
+        if not numbers.is_whole(port, 5):
             problem(f"api: SP_API_HTTP_PORT={port!r} is not a port number: fix it in {conf_path}")
             return
         where = f"{host}:{port}"

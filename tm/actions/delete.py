@@ -117,6 +117,7 @@ def disk_snapshots_of_gone_disks(drv: Driver, vm_id: int) -> list[str]:
     them with the VM, so the VM directory's delete (the last epilog step) removes them.
     A persistent image's snapshots belong to the image and stay."""
     px = re.escape(drv.names.px)
-    mine = re.compile(rf"(?:{px}-img-\d+-{vm_id}-\d+|{px}-sys-{vm_id}-\d+-(?:raw|swap))-snap\d+")
+    n = "[0-9]{1,10}"
+    mine = re.compile(rf"(?:{px}-img-{n}-{vm_id}-{n}|{px}-sys-{vm_id}-{n}-(?:raw|swap))-snap{n}")
     return [s.name for s in drv.backend.snapshots(f"{drv.names.px}-")
             if mine.fullmatch(s.name) and not s.tags.get("trash")]

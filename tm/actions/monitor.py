@@ -15,7 +15,7 @@ import base64
 from datastore.backend import Usage
 from datastore.driver import Driver
 from datastore.entry import parse_request
-from onelib import xmldoc
+from onelib import numbers, xmldoc
 from onelib.errors import DriverError, NotFound
 
 from ..entry import TmRequest
@@ -47,7 +47,7 @@ def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
     for vm in drv.oned.vms().iterfind("VM"):
         raw_id = xmldoc.text(vm, "ID")
         history = vm.findall("HISTORY_RECORDS/HISTORY")
-        if not raw_id.isdigit() or not history or xmldoc.text(history[-1], "DS_ID") != str(drv.ds_id):
+        if not numbers.is_whole(raw_id, 10) or not history or xmldoc.text(history[-1], "DS_ID") != str(drv.ds_id):
             continue
         vm_id = int(raw_id)
         here.add(vm_id)
@@ -55,7 +55,7 @@ def vm_lines(drv: Driver, usage: dict[str, Usage]) -> list[str]:
             if xmldoc.text(disk, "PERSISTENT").upper() == "YES":
                 source = xmldoc.text(disk, "SOURCE")
                 disk_id = xmldoc.text(disk, "DISK_ID")
-                if source and disk_id.isdigit():
+                if source and numbers.is_whole(disk_id, 10):
                     persistent[names.source_volume(source) or source] = (vm_id, int(disk_id))
 
     def owner(volume: str) -> tuple[int, int] | None:

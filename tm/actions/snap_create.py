@@ -18,7 +18,8 @@ import re
 from lxml import etree
 
 from datastore.driver import Driver
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
+from onelib.config import SANE_MAX
 from onelib.errors import Conflict, DriverError
 from onelib.paths import number
 
@@ -74,12 +75,10 @@ def _limit(drv: Driver, vm: etree._Element) -> int | None:
     raw = xmldoc.text(vm, "USER_TEMPLATE/DISKSNAPSHOT_LIMIT") or xmldoc.text(vm, "TEMPLATE/DISKSNAPSHOT_LIMIT")
     history = vm.findall("HISTORY_RECORDS/HISTORY")
     system_ds = xmldoc.text(history[-1], "DS_ID") if history else ""
-    if not raw and system_ds.isdigit() and int(system_ds) != drv.ds_id:
+    if not raw and numbers.is_whole(system_ds, 10) and int(system_ds) != drv.ds_id:
         raw = xmldoc.text(drv.oned.datastore(int(system_ds)), "TEMPLATE/DISKSNAPSHOT_LIMIT")
     if raw:
-        if not raw.isascii() or not raw.isdigit():
-            raise DriverError(f"DISKSNAPSHOT_LIMIT={raw!r} is not a whole number")
-        return int(raw)
+        return numbers.whole(raw, "DISKSNAPSHOT_LIMIT=", maximum=SANE_MAX)
     return drv.config.integer("DISKSNAPSHOT_LIMIT")
 
 

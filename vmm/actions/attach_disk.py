@@ -28,7 +28,7 @@ import re
 from lxml import etree
 
 from datastore.backends import find
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
 
@@ -161,7 +161,8 @@ def disk_element(disk: etree._Element, path: str, target: str, live: etree._Elem
     iothread = xmldoc.text(disk, "IOTHREAD")
     if iothread and bus == "virtio":
         threads = xmldoc.text(live, "iothreads")
-        if not iothread.isdigit() or not threads.isdigit() or not 1 <= int(iothread) <= int(threads):
+        valid = numbers.is_whole(iothread, 6) and numbers.is_whole(threads, 6)
+        if not valid or not 1 <= int(iothread) <= int(threads):
             raise DriverError(f"disk IOTHREAD={iothread!r} is not an iothread of the domain")
         driver.set("iothread", iothread)
     elif bus == "virtio" and vm is not None:
@@ -184,7 +185,7 @@ def disk_element(disk: etree._Element, path: str, target: str, live: etree._Elem
         value = xmldoc.text(disk, attr)
         if not value:
             continue
-        if not value.isascii() or not value.isdigit() or len(value) > 18:
+        if not numbers.is_whole(value):
             raise DriverError(f"disk {attr}={value!r} is not a whole number")
         if tune is None:
             tune = etree.SubElement(el, "iotune")
@@ -197,7 +198,7 @@ def _oned_iothread(vm: etree._Element, attached: etree._Element) -> str | None:
     disk names none: round-robin over the virtio disks (in template order) that name no
     iothread of their own."""
     count = xmldoc.text(vm, "TEMPLATE/FEATURES/IOTHREADS")
-    if not count.isdigit() or int(count) < 1:
+    if not numbers.is_whole(count, 6) or int(count) < 1:
         return None
     threads = int(count)
     robin = 1
@@ -207,6 +208,6 @@ def _oned_iothread(vm: etree._Element, attached: etree._Element) -> str | None:
         if not xmldoc.text(disk, "TARGET").startswith("vd"):
             continue
         own = xmldoc.text(disk, "IOTHREAD")
-        if not (own.isdigit() and 1 <= int(own) <= threads):
+        if not (numbers.is_whole(own, 6) and 1 <= int(own) <= threads):
             robin = robin % threads + 1
     return None

@@ -19,7 +19,7 @@ import re
 
 from lxml import etree
 
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
 
@@ -113,8 +113,9 @@ def interface_element(nic: etree._Element, config: Config, vcpus: str) -> etree.
     if model == "virtio" and queues:
         if queues.lower() == "auto":  # oned: one queue per vCPU
             queues = vcpus
-        elif not queues.isdigit():
-            raise DriverError(f"NIC VIRTIO_QUEUES={queues!r} is not a whole number or auto")
+        else:
+            queues = str(numbers.whole(queues, "NIC VIRTIO_QUEUES=", minimum=1, maximum=1024,
+                                       unit="a whole number or auto"))
         etree.SubElement(el, "driver", name="vhost", queues=queues)
     flt = xmldoc.text(nic, "FILTER") or config.get("DEFAULT_ATTACH_NIC_FILTER")
     if flt and xmldoc.text(nic, "IP"):

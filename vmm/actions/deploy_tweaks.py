@@ -22,7 +22,7 @@ import time
 
 from lxml import etree
 
-from onelib import log, xmldoc
+from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
@@ -43,10 +43,7 @@ _REMOTE = ('mkdir -p -- "$1" && cd -- "$1" && tar -x -o -f - && '
 def run(req: VmmRequest) -> str:
     local_file = clean_path(req.arg(0, "deployment file"), "deployment file")
     host = check_host(req.arg(1, "host"))
-    raw_id = req.arg(2, "vm id")
-    if not raw_id.isdigit():
-        raise DriverError(f"VM id {raw_id!r} is not a number")
-    vm_id = int(raw_id)
+    vm_id = numbers.object_id(req.arg(2, "vm id"), "VM id")
     config = Config.load()
     domain_xml = _domain_xml(req, local_file)
     oned = Oned(timeout=float(config.integer("API_TIMEOUT") or 30))
@@ -61,7 +58,7 @@ def run(req: VmmRequest) -> str:
 
     vm_dir = posixpath.join(_ds_location(oned, host, config), str(ds_id), str(vm_id))
     remote_file = posixpath.join(vm_dir, posixpath.basename(local_file))
-    shell = Host(host, ssh=config.get("SSH_COMMAND", "ssh").split())
+    shell = Host(host, ssh=config.ssh_command())
     remote_dir = config.get("SCRIPTS_REMOTE_DIR") or DEFAULT_REMOTE_DIR
     deploy = posixpath.join(remote_dir, "vmm", "kvm", "deploy")
     staged = f".{posixpath.basename(local_file)}.{os.getpid()}.in"
