@@ -490,7 +490,7 @@ def test_save_restore_run_the_installed_tm_hooks(cloud: Cloud, libvirtd: object,
 # --- OpenNebula 7.x: what oned makes of a failing driver's stderr -----------------------------------
 
 # 7.0+ (DriverExecHelper.rb): stderr lines matching this are VM-log lines, the others joined
-# are the failure reason (../shared/docs/opennebula-drivers.md, "Failure is a non-zero exit")
+# are the failure reason (a failing driver exits non-zero; OpenNebula's driver documentation)
 LOG_LINE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+(\d+)?\s*(.*)$")
 
 

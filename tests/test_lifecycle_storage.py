@@ -1,6 +1,6 @@
 """A VM's storage life on storpool through the front-end double (tests/sim/frontend.py, issue 5),
 as OpenNebula 6.10 and as 7.2 (the deployment file differs; every driver call these steps make
-has the same argv and stdin in both, see ../shared/docs/opennebula-drivers.md).
+has the same argv and stdin in both, as OpenNebula's driver documentation describes).
 
 Two images imported by the real DS ``stat``/``cp`` (a qcow2 and a VMDK made by qemu-img, with
 known content), a VM with a non-persistent and a persistent image disk, a volatile fs disk, a

@@ -6,7 +6,7 @@ schedinfo, hotplug) and the kernel (cgroup files, the NVRAM block device) what t
 Every test first shows that the same VM without the attribute (the control) gets something else,
 so each assertion fails if the rule is removed.
 
-What this machine allows (see /work/shared/docs/sandbox.md), and how the tests cope:
+What the test machines allow (nested KVM, no UEFI under KVM), and how the tests cope:
 
 - UEFI (OVMF) runs only under TCG (libvirt type='qemu'): the firmware tests use TCG. The NVRAM
   test really boots the firmware twice on a loop block device; the others stay paused.

@@ -2,9 +2,10 @@
 
 Every endpoint is driven through LINSTOR's own Python client (``python-linstor``: ``Linstor``,
 ``MultiLinstor``, ``Resource``, ``ResourceGroup``), whose parsing must accept every reply, and
-every reply the simulator sends during these tests is validated against the controller's
-OpenAPI document (``shared/docs/api/linstor-rest-v1-openapi.yaml``) - strictly: an object may
-not carry a field the document does not define, and int32/int64 fields must fit. Volumes are
+every reply the simulator sends during these tests, and every request python-linstor sends it,
+is validated against this project's LINSTOR contract (``tests/fixtures/linstor-contract``: JSON
+Schemas written from the facts of the controller's REST API documentation) - strictly: an
+object may not carry a field the contract does not define, and int32/int64 fields must fit. Volumes are
 real loop devices, so these tests need root (as the project's test machines run).
 """
 
@@ -28,10 +29,9 @@ from typing import Any
 import jsonschema
 import linstor
 import pytest
-import yaml
 from linstor import sharedconsts as consts
 from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
+from referencing.jsonschema import DRAFT202012
 from sim import linstor as simmod
 from sim.linstor import ROUTES, LinstorSim
 
@@ -40,11 +40,7 @@ KiB = 1024
 MiB = 2**20
 SIZE_KIB = 4096  # 4 MiB volumes keep copies cheap
 
-_DOC_CANDIDATES = [
-    os.environ.get("LINSTOR_OPENAPI", ""),
-    str(ROOT / "tests" / "fixtures" / "linstor" / "linstor-rest-v1-openapi.yaml"),
-    str(ROOT.parent / "shared" / "docs" / "api" / "linstor-rest-v1-openapi.yaml"),
-]
+CONTRACT_DIR = ROOT / "tests" / "fixtures" / "linstor-contract"
 
 # python-linstor route names hit with python-linstor's own client during this module, and the
 # tests whose simulator replies were checked
@@ -53,38 +49,29 @@ CHECKED: set[str] = set()
 
 
 # ----------------------------------------------------------------------------------------------
-# the OpenAPI document as a strict validator
+# our LINSTOR contract as a strict validator
 
 
-class OpenApi:
-    """Validates reply bodies against the response schemas of the controller's OpenAPI document.
+class Contract:
+    """Validates request and reply bodies against this project's LINSTOR contract
+    (tests/fixtures/linstor-contract: JSON Schemas of the endpoints the simulator serves, the
+    requests python-linstor sends and the replies it parses).
 
-    The document is OpenAPI 3.0 (JSON Schema draft 4 plus extensions). It is made strict here:
-    ``allOf`` compositions are merged and every object schema with ``properties`` gets
-    ``additionalProperties: false`` unless it says otherwise, so the simulator cannot invent
-    fields; formats int32/int64 are range-checked.
+    Strict: every object schema with ``properties`` is closed (``additionalProperties: false``
+    unless it says otherwise), so the simulator cannot invent fields; formats int32/int64 are
+    range-checked and date-time must parse.
     """
 
-    BASE = "urn:linstor-rest-v1"
+    BASE = "urn:one-tweaks:linstor-contract/"
 
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc = doc
-        strict = copy.deepcopy(doc)
-        schemas = strict["components"]["schemas"]
-        originals = copy.deepcopy(schemas)
-        for schema in schemas.values():
-            self._flatten(schema, originals)
-        for path_item in strict["paths"].values():
-            for op in path_item.values():
-                if isinstance(op, dict):
-                    for response in op.get("responses", {}).values():
-                        for media in response.get("content", {}).values():
-                            if "schema" in media:
-                                self._flatten(media["schema"], originals)
-        self._strictify(strict)
-        self._rebase(strict)
+    def __init__(self, directory: Path) -> None:
+        objects = json.loads((directory / "objects.schema.json").read_text())
+        self.routes: list[dict[str, Any]] = json.loads((directory / "routes.json").read_text())["routes"]
+        strict = self._rebase(copy.deepcopy(objects))
+        self._close(strict)
+        strict["$id"] = self.BASE + "objects.schema.json"
         self.registry: Registry[Any] = Registry().with_resource(
-            self.BASE, Resource(contents=strict, specification=DRAFT4)
+            strict["$id"], Resource(contents=strict, specification=DRAFT202012)
         )
         self.formats = jsonschema.FormatChecker()
         self.formats.checks("int32")(lambda v: not isinstance(v, int) or -(2**31) <= v < 2**31)
@@ -92,60 +79,33 @@ class OpenApi:
         self.formats.checks("date-time", raises=ValueError)(
             lambda v: not isinstance(v, str) or bool(dt.datetime.fromisoformat(v))
         )
-        literal = sorted(doc["paths"], key=lambda t: (t.count("{"), -len(t)))
+        literal = sorted({r["path"] for r in self.routes}, key=lambda t: (t.count("{"), -len(t)))
         self.templates = [(re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", t) + "$"), t) for t in literal]
 
     # -- schema transformation ------------------------------------------------------------------
 
-    def _flatten(self, schema: Any, originals: dict[str, Any]) -> None:
-        """Merge ``allOf`` parts (refs resolved) into one object schema, recursively."""
-        if isinstance(schema, list):
-            for item in schema:
-                self._flatten(item, originals)
-            return
-        if not isinstance(schema, dict):
-            return
-        if "allOf" in schema:
-            props: dict[str, Any] = {}
-            required: list[str] = []
-            for part in schema.pop("allOf"):
-                part = copy.deepcopy(part)
-                while "$ref" in part:
-                    part = copy.deepcopy(originals[part["$ref"].split("/")[-1]])
-                self._flatten(part, originals)
-                props.update(part.get("properties", {}))
-                required += part.get("required", [])
-            schema.setdefault("type", "object")
-            schema.setdefault("properties", {}).update(props)
-            if required:
-                schema["required"] = sorted(set(required) | set(schema.get("required", [])))
-        for key, value in schema.items():
-            if key in ("properties", "patternProperties"):
-                for sub in value.values():
-                    self._flatten(sub, originals)
-            elif key in ("items", "additionalProperties", "not", "oneOf", "anyOf"):
-                self._flatten(value, originals)
-
-    def _strictify(self, node: Any) -> None:
+    def _close(self, node: Any) -> None:
         if isinstance(node, dict):
             if "properties" in node and isinstance(node["properties"], dict) and "additionalProperties" not in node:
                 node["additionalProperties"] = False
             for value in node.values():
-                self._strictify(value)
+                self._close(value)
         elif isinstance(node, list):
             for value in node:
-                self._strictify(value)
+                self._close(value)
 
-    def _rebase(self, node: Any) -> None:
+    def _rebase(self, node: Any) -> Any:
+        """``objects.schema.json#/...`` and ``#/...`` references as absolute URIs."""
         if isinstance(node, dict):
             ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/"):
-                node["$ref"] = self.BASE + ref
+            if isinstance(ref, str):
+                node["$ref"] = self.BASE + "objects.schema.json" + ref.partition("#")[1] + ref.partition("#")[2]
             for value in node.values():
                 self._rebase(value)
         elif isinstance(node, list):
             for value in node:
                 self._rebase(value)
+        return node
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -155,49 +115,43 @@ class OpenApi:
                 return template
         return None
 
-    def response_schema(self, method: str, path: str, status: int) -> tuple[str, dict[str, Any]]:
-        """(JSON pointer of the schema, schema) for a reply; errors not in the document: ApiCallRcList."""
+    def route(self, method: str, path: str) -> dict[str, Any]:
         template = self.template(path)
         if template is None:
-            raise AssertionError(f"{method} {path} is not in the OpenAPI document")
-        op = self.doc["paths"][template].get(method.lower())
-        if op is None:
-            raise AssertionError(f"{method} {template} is not in the OpenAPI document")
-        responses = op["responses"]
-        key = str(status)
-        if key not in responses:
-            if status >= 400:
-                return "#/components/schemas/ApiCallRcList", {"$ref": "#/components/schemas/ApiCallRcList"}
-            raise AssertionError(f"{method} {template} documents no {status} reply (only {sorted(responses)})")
-        response = responses[key]
-        pointer = f"#/paths/{template.replace('~', '~0').replace('/', '~1')}/{method.lower()}/responses/{key}"
-        if "$ref" in response:
-            pointer = response["$ref"]
-            response = self.doc["components"]["responses"][response["$ref"].split("/")[-1]]
-        return pointer + "/content/application~1json/schema", response["content"]["application/json"]["schema"]
+            raise AssertionError(f"{method} {path} is not in the contract")
+        for route in self.routes:
+            if route["path"] == template and route["method"] == method:
+                return route
+        raise AssertionError(f"{method} {template} is not in the contract")
+
+    def response_schema(self, method: str, path: str, status: int) -> dict[str, Any]:
+        """The schema of a reply; a failure (>= 400) is an ApiCallRcList."""
+        route = self.route(method, path)
+        if status >= 400:
+            return {"$ref": "objects.schema.json#/$defs/ApiCallRcList"}
+        if status != route["status"]:
+            raise AssertionError(f"{method} {route['path']} documents no {status} reply (only {route['status']})")
+        return dict(route["reply"])
+
+    def _errors(self, schema: dict[str, Any], body: Any, what: str) -> list[str]:
+        closed = self._rebase(copy.deepcopy(schema))
+        self._close(closed)
+        validator = jsonschema.Draft202012Validator(closed, registry=self.registry, format_checker=self.formats)
+        return [f"{what}: {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
 
     def errors(self, method: str, path: str, status: int, body: Any) -> list[str]:
-        pointer, schema = self.response_schema(method, path, status)
-        if schema.get("$ref", "").endswith("/ApiCallRc") and isinstance(body, list):
-            # the document's OperationFailed names one ApiCallRc; controllers send (and
-            # python-linstor parses) a list of them: validate each
-            ref = {"type": "array", "items": {"$ref": self.BASE + "#/components/schemas/ApiCallRc"}}
-        else:
-            ref = {"$ref": self.BASE + pointer}
-        validator = jsonschema.Draft4Validator(ref, registry=self.registry, format_checker=self.formats)
-        return [
-            f"{method} {path} -> {status}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(body)
-        ]
+        return self._errors(self.response_schema(method, path, status), body, f"{method} {path} -> {status}")
+
+    def request_errors(self, method: str, path: str, body: Any) -> list[str]:
+        route = self.route(method, path)
+        if route["request"] is None:
+            return [] if body is None else [f"{method} {path}: a body where the contract has none"]
+        return self._errors(route["request"], body, f"{method} {path} request")
 
 
 @pytest.fixture(scope="module")
-def openapi() -> OpenApi:
-    for candidate in _DOC_CANDIDATES:
-        if candidate and os.path.isfile(candidate):
-            with open(candidate) as fh:
-                return OpenApi(yaml.safe_load(fh))
-    pytest.fail("the LINSTOR OpenAPI document was not found (set LINSTOR_OPENAPI): " + ", ".join(_DOC_CANDIDATES[1:]))
+def contract() -> Contract:
+    return Contract(CONTRACT_DIR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,8 +163,9 @@ def _our_loops(root: Path) -> set[str]:
     return {line for line in out.splitlines() if str(root) in line}
 
 
-def check_replies(sim: LinstorSim, openapi: OpenApi) -> None:
-    """Every reply the simulator sent must validate against the OpenAPI document."""
+def check_replies(sim: LinstorSim, contract: Contract) -> None:
+    """Every reply the simulator sent, and every request python-linstor sent it, must
+    validate against the contract."""
     problems: list[str] = []
     for record in list(sim.requests):
         if record["status"] is None:
@@ -218,10 +173,11 @@ def check_replies(sim: LinstorSim, openapi: OpenApi) -> None:
         if record["name"] == f"{record['method']} {record['path']}":  # no such endpoint
             assert record["status"] == 404
             continue
-        problems += openapi.errors(record["method"], record["path"], record["status"], record["reply"])
+        problems += contract.errors(record["method"], record["path"], record["status"], record["reply"])
         if record["agent"].startswith("PythonLinstor"):
             EXERCISED.add(record["name"])
-    assert not problems, "replies that do not match the OpenAPI document:\n" + "\n".join(problems[:20])
+            problems += contract.request_errors(record["method"], record["path"], record["body"])
+    assert not problems, "requests or replies that do not match the contract:\n" + "\n".join(problems[:20])
 
 
 @pytest.fixture
@@ -241,11 +197,11 @@ def add_cluster(sim: LinstorSim) -> None:
 
 
 @pytest.fixture
-def sim(root: Path, openapi: OpenApi, request: pytest.FixtureRequest) -> Iterator[LinstorSim]:
+def sim(root: Path, contract: Contract, request: pytest.FixtureRequest) -> Iterator[LinstorSim]:
     with LinstorSim(root) as running:
         add_cluster(running)
         yield running
-        check_replies(running, openapi)
+        check_replies(running, contract)
         CHECKED.add(request.node.originalname)
 
 
@@ -333,31 +289,40 @@ def test_module_says_it_is_a_simulator() -> None:
     assert "It is NOT LINSTOR." in doc
 
 
-def test_validator_is_strict(openapi: OpenApi) -> None:
+def test_validator_is_strict(contract: Contract) -> None:
     node = {"name": "n1", "type": "Satellite"}
-    assert not openapi.errors("GET", "/v1/nodes", 200, [node])
-    assert openapi.errors("GET", "/v1/nodes", 200, [{**node, "colour": "red"}])  # invented field
-    assert openapi.errors("GET", "/v1/nodes", 200, [{**node, "type": "SATELLITE"}])  # not in the enum
-    assert openapi.errors("GET", "/v1/nodes", 200, [{"name": "n1"}])  # required field missing
+    assert not contract.errors("GET", "/v1/nodes", 200, [node])
+    assert contract.errors("GET", "/v1/nodes", 200, [{**node, "colour": "red"}])  # invented field
+    assert contract.errors("GET", "/v1/nodes", 200, [{**node, "type": "SATELLITE"}])  # not in the enum
+    assert contract.errors("GET", "/v1/nodes", 200, [{"name": "n1"}])  # required field missing
     entry = {"ret_code": 1, "message": "m"}
-    assert not openapi.errors("DELETE", "/v1/resource-definitions/x", 200, [entry])
-    assert openapi.errors("DELETE", "/v1/resource-definitions/x", 200, [{**entry, "ret_code": 2**63}])  # int64
-    assert openapi.errors("DELETE", "/v1/resource-definitions/x", 200, [{**entry, "created_at": "yesterday"}])
-    # allOf is merged: ResourceWithVolumes has both parts' fields and nothing else
-    assert not openapi.errors("GET", "/v1/view/resources", 200, [{"name": "r", "volumes": [{"volume_number": 0}]}])
-    assert openapi.errors("GET", "/v1/view/resources", 200, [{"name": "r", "volumes": [{"vlm_nr": 0}]}])
+    assert not contract.errors("DELETE", "/v1/resource-definitions/x", 200, [entry])
+    assert contract.errors("DELETE", "/v1/resource-definitions/x", 200, [{**entry, "ret_code": 2**63}])  # int64
+    assert contract.errors("DELETE", "/v1/resource-definitions/x", 200, [{**entry, "created_at": "yesterday"}])
+    assert contract.errors("DELETE", "/v1/resource-definitions/x", 404, [{"message": "m"}])  # failures too
+    # ResourceWithVolumes has the resource's fields and its volumes, nothing else
+    assert not contract.errors("GET", "/v1/view/resources", 200, [{"name": "r", "volumes": [{"volume_number": 0}]}])
+    assert contract.errors("GET", "/v1/view/resources", 200, [{"name": "r", "volumes": [{"vlm_nr": 0}]}])
+    # requests: python-linstor's bodies are checked the same way
+    assert not contract.request_errors("POST", "/v1/resource-definitions/r/volume-definitions",
+                                       {"volume_definition": {"size_kib": 4096}})
+    assert contract.request_errors("POST", "/v1/resource-definitions/r/volume-definitions",
+                                   {"volume_definition": {"size_kib": "4096"}})
+    assert contract.request_errors("DELETE", "/v1/resource-definitions/r", {"force": True})
     with pytest.raises(AssertionError, match="documents no 201"):
-        openapi.errors("GET", "/v1/nodes", 201, [])
-    with pytest.raises(AssertionError, match="not in the OpenAPI document"):
-        openapi.errors("GET", "/v1/no-such-thing", 200, [])
-    # every route of the simulator exists in the document with its success status
+        contract.errors("GET", "/v1/nodes", 201, [])
+    with pytest.raises(AssertionError, match="not in the contract"):
+        contract.errors("GET", "/v1/no-such-thing", 200, [])
+    # the contract lists exactly the simulator's routes, with their success status
+    assert sorted((r["method"], r["path"], r["status"], r["name"]) for r in contract.routes) == sorted(
+        (r.method, r.template, r.status, r.name) for r in ROUTES)
     for route in ROUTES:
         path = re.sub(r"\{[^}]+\}", "x", route.template)
-        assert openapi.template(path) == route.template, route
-        openapi.response_schema(route.method, path, route.status)
+        assert contract.template(path) == route.template, route
+        contract.response_schema(route.method, path, route.status)
 
 
-def test_connect_version_and_failover(sim: LinstorSim, openapi: OpenApi) -> None:
+def test_connect_version_and_failover(sim: LinstorSim, contract: Contract) -> None:
     assert sim.url == f"linstor://127.0.0.1:{sim.port}" and sim.http_url == f"http://127.0.0.1:{sim.port}"
     with linstor.Linstor(sim.url, timeout=5) as lin:
         version = lin.controller_version()
@@ -999,7 +964,7 @@ def test_concurrent_clients(sim: LinstorSim, lin: linstor.Linstor) -> None:
     assert all(os.readlink(sim.device_path("shared", n)) == loop for n in ("node-b", "node-c", "node-d", "host-1"))
 
 
-def test_stop_releases_only_what_it_made(root: Path, tmp_path: Path, openapi: OpenApi) -> None:
+def test_stop_releases_only_what_it_made(root: Path, tmp_path: Path, contract: Contract) -> None:
     before = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
     shared = tmp_path / "by-res"  # two "nodes" on one host share a by-res dir
     shared.mkdir()
@@ -1020,7 +985,7 @@ def test_stop_releases_only_what_it_made(root: Path, tmp_path: Path, openapi: Op
         assert (shared / "r2" / "0").is_symlink()  # n1 still holds it
         assert len(_our_loops(root)) == 2
         ok(lin.resource_make_available("n2", "r2"))
-    check_replies(sim, openapi)
+    check_replies(sim, contract)
     sim.stop()
     sim.stop()
     assert not _our_loops(root)

@@ -20,8 +20,8 @@ oned double (``cloud.oned``) it does what oned and its drivers do around our scr
   disk-saveas (DS ``mkfs`` FORMAT=save_as, then the CPDS line), and backup (the BACKUP TM
   steps ``prebackup[_live]``/``postbackup[_live]`` with the plain ``<VM>`` on stdin, the
   backup datastore being a stand-in that fetches the files from the host). Where 6.10 and
-  7.2 call a driver the same way (everything but the deployment file, per
-  ../shared/docs/opennebula-drivers.md) one code path serves both. For a block system
+  7.2 call a driver the same way (everything but the deployment file, per OpenNebula's
+  driver documentation) one code path serves both. For a block system
   datastore the save/restore overrides run ``virsh save``/``restore`` on the host
   themselves; OpenNebula's remote ``vmm/kvm/save``/``restore`` would only run for other
   TM_MADs and are not installed here.

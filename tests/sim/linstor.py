@@ -2,11 +2,11 @@
 
 No LINSTOR controller, satellite or DRBD can run on the project's test machines, so the
 ``linstor_un`` storage drivers are tested against this stand-in. It speaks the HTTP/JSON API
-that the controller documents in its OpenAPI description (REST API 1.28.0, the copy in
-``shared/docs/api/linstor-rest-v1-openapi.yaml``): the same paths, request JSON, reply JSON,
-ApiCallRc envelopes and HTTP status codes, checked in this project's tests with LINSTOR's own
-Python client (``python-linstor``: ``linstor.Linstor``, ``MultiLinstor``, ``Resource``,
-``ResourceGroup``) and against the OpenAPI document's schemas. It replicates nothing: every
+that the controller documents in its OpenAPI description (REST API 1.28.0): the same paths,
+request JSON, reply JSON, ApiCallRc envelopes and HTTP status codes, checked in this project's
+tests with LINSTOR's own Python client (``python-linstor``: ``linstor.Linstor``,
+``MultiLinstor``, ``Resource``, ``ResourceGroup``) and against this project's contract
+(``tests/fixtures/linstor-contract``: our JSON Schemas of those requests and replies). It replicates nothing: every
 volume is ONE sparse file under ``root_dir`` whose data all diskful replicas of the resource
 share, exposed as one Linux loop device that every node holding the resource (diskful or
 diskless) sees through its own ``by-res`` link. There is no DRBD, no sync, no quorum, no
