@@ -31,8 +31,13 @@ def _only_spelling(lines: list[str]) -> set[str]:
 def test_demo_diff_shows_only_what_the_rules_changed(tmp_path: Path) -> None:
     out = tmp_path / "tweaked.xml"
     env = {**os.environ, "ONE_TWEAKS_RULES_DIR": str(tmp_path / "no-site-rules"), "ONE_TWEAKS_CACHE_DIR": "off"}
-    subprocess.run([sys.executable, "-m", "tweaks", "apply", str(SAMPLE / "deployment.xml"), "--vm",
-                    str(SAMPLE / "vm.xml"), "-o", str(out)], check=True, capture_output=True, env=env)
+    explain = subprocess.run([sys.executable, "-m", "tweaks", "apply", str(SAMPLE / "deployment.xml"), "--vm",
+                              str(SAMPLE / "vm.xml"), "-o", str(out), "--explain"], check=True, capture_output=True,
+                             env=env, text=True).stderr
+    # --explain lists changes as "  XPATH: BEFORE -> AFTER": none of them is spelling only
+    changes = [ln.split(": ", 1)[1].split(" -> ") for ln in explain.splitlines() if ln.startswith("  /")]
+    assert len(changes) > 10
+    assert not [c for c in changes if len(c) == 2 and _blind(" " + c[0]) == _blind(" " + c[1])], explain
     # a plain diff of the two files is mostly spelling: this test's check sees that
     raw = list(difflib.unified_diff((SAMPLE / "deployment.xml").read_text().splitlines(),
                                     out.read_text().splitlines(), lineterm=""))
