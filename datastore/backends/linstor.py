@@ -200,16 +200,16 @@ class LinstorNames(Names):
 
     @staticmethod
     def disk_snapshot_id(volume: str, name: str) -> int | None:
-        match = re.fullmatch(re.escape(volume) + r"@snapshot-([0-9]+)", name)
+        match = re.fullmatch(re.escape(volume) + r"@snapshot-([0-9]{1,10})", name)
         return int(match.group(1)) if match else None
 
     @staticmethod
     def split_disk_snapshot(name: str) -> tuple[str, int] | None:
-        match = re.fullmatch(r"(.+)@snapshot-(\d+)", name)
+        match = re.fullmatch(r"(.+)@snapshot-([0-9]{1,10})", name)
         return (match.group(1), int(match.group(2))) if match else None
 
     def disk_owner(self, volume: str) -> tuple[int, int] | None:
-        match = re.fullmatch(rf"{re.escape(self.px)}-vm-(\d+)-disk-(\d+)", volume)
+        match = re.fullmatch(rf"{re.escape(self.px)}-vm-([0-9]{{1,10}})-disk-([0-9]{{1,10}})", volume)
         return (int(match.group(1)), int(match.group(2))) if match else None
 
     @staticmethod
