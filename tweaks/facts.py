@@ -21,6 +21,12 @@ Names (see README "Facts"):
   system_ds.X  the VM's system datastore: ID, NAME, TM_MAD and its TEMPLATE attributes
           (system_ds.BRIDGE_LIST, ...), when the caller has the datastore document
   disk.storage_form  per disk kept by a storage backend: block or network
+  disk.storage_protocol disk.storage_name disk.storage_hosts disk.storage_user
+  disk.storage_secret disk.storage_secret_type
+          per disk a network backend keeps in a volume (Backend.facts): libvirt's network
+          protocol (rbd), the volume name (pool/image), monitors "host[:port] ...", and
+          the auth user, libvirt secret UUID and secret type (ceph); volatile_network and
+          context_network write <disk type='network'> from them
 Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matches.
 
 Supplied facts (``storage.*``, ``system_ds.*``, ``disk.storage_*``) come from the storage

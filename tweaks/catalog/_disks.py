@@ -15,7 +15,7 @@ parent directory when the VM is known) ties a domain disk to its ``TEMPLATE/DISK
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lxml import etree
@@ -141,10 +141,13 @@ def source_path(disk: etree._Element) -> tuple[etree._Element, str] | None:
 
 
 def one_disk(facts: Facts, disk: etree._Element) -> OneDisk | None:
-    """Match a domain disk to ``facts.disks`` by its ``.../<vmid>/disk.<DISK_ID>`` path."""
+    """Match a domain disk to ``facts.disks`` by its ``.../<vmid>/disk.<DISK_ID>`` path; a
+    network disk (no local path) by the volume its storage driver named for it
+    (``disk.storage_name``), else by its target device (``disk.target``). A network disk's
+    ``path`` is ``<protocol>:<name>``."""
     found = source_path(disk)
     if found is None:
-        return None
+        return _network_disk(facts, disk)
     source, path = found
     match = _DISK_PATH.search(path)
     if match is None:
@@ -156,6 +159,21 @@ def one_disk(facts: Facts, disk: etree._Element) -> OneDisk | None:
     if entry is None:
         return None
     return OneDisk(disk, source, path, entry)
+
+
+def _network_disk(facts: Facts, disk: etree._Element) -> OneDisk | None:
+    source = disk.find("source")
+    if disk.get("type") != "network" or source is None or not source.get("name"):
+        return None
+    name = source.get("name", "")
+    target = disk.find("target")
+    dev = target.get("dev") if target is not None else None
+    by_name = [d for d in facts.disks if d.get("storage_name") == name]
+    by_target = [d for d in facts.disks if dev and d.get("target") == dev]
+    matched = by_name or by_target
+    if len(matched) != 1:
+        return None
+    return OneDisk(disk, source, f"{source.get('protocol', '')}:{name}", matched[0])
 
 
 def one_disks(facts: Facts, root: etree._Element) -> Iterator[OneDisk]:
@@ -192,3 +210,91 @@ def file_to_block(ctx: Context, kind: str) -> None:
         ctx.editor.set_attr(disk.element, "type", "block")
         ctx.editor.set_attr(disk.source, "file", None)
         ctx.editor.set_attr(disk.source, "dev", disk.path)
+
+
+# What a network backend tells the rules about a disk it keeps (``Backend.facts``): enough
+# to write libvirt's <disk type='network'> without the engine knowing the backend.
+NETWORK_FACTS = ("storage_protocol", "storage_name")
+_PROTOCOL = re.compile(r"[a-z][a-z0-9+.-]{0,15}")
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@/:+-]{0,399}")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253})(?::([0-9]{1,5}))?")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MAX_HOSTS = 16
+
+
+def network_source(facts: Mapping[str, str]) -> tuple[dict[str, str], list[dict[str, str]],
+                                                      tuple[str, str, str] | None] | str:
+    """The ``<source>`` attributes, ``<host>`` attributes and auth (user, secret type, uuid)
+    of a network disk from its ``storage_*`` facts; a reason string when they are unusable
+    (the storage side's values are checked like any input: they end up in the domain)."""
+    protocol = facts.get("storage_protocol", "")
+    name = facts.get("storage_name", "")
+    if not _PROTOCOL.fullmatch(protocol):
+        return "no usable storage_protocol fact"
+    if not _VOLUME_NAME.fullmatch(name) or ".." in name.split("/"):
+        return "no usable storage_name fact"
+    hosts: list[dict[str, str]] = []
+    for word in _SEPARATORS.split(facts.get("storage_hosts", "")):
+        if not word:
+            continue
+        match = _HOST.fullmatch(word)
+        if match is None or len(hosts) >= MAX_HOSTS:
+            return f"storage_hosts entry {word[:64]!r} is not host[:port]"
+        host = {"name": match.group(1).strip("[]")}
+        if match.group(2):
+            if not 0 < int(match.group(2)) < 65536:
+                return f"storage_hosts entry {word[:64]!r} has no valid port"
+            host["port"] = match.group(2)
+        hosts.append(host)
+    user = facts.get("storage_user", "")
+    uuid = facts.get("storage_secret", "")
+    secret_type = facts.get("storage_secret_type", "")
+    auth = None
+    if user and uuid:  # as oned: auth only when both are known
+        if not _USER.fullmatch(user) or not _UUID.fullmatch(uuid) or not _PROTOCOL.fullmatch(secret_type):
+            return "storage_user/storage_secret/storage_secret_type facts are not usable"
+        auth = (user, secret_type, uuid)
+    return {"protocol": protocol, "name": name}, hosts, auth
+
+
+def file_to_network(ctx: Context, kind: str) -> None:
+    """``type='file'`` (or ``block``) disks of ``kind`` on a listed network TM_MAD whose
+    backend named their volume (``disk.storage_protocol``/``storage_name``, optional
+    ``storage_hosts``, ``storage_user``, ``storage_secret``, ``storage_secret_type``) become
+    ``<disk type='network'><source protocol=... name=...><host/>...</source><auth/>``.
+    The driver, target and every other child and attribute of the disk stay; a disk whose
+    backend named no volume (e.g. a context ISO the driver keeps as a file) is left alone."""
+    tm_mads = listed_tm_mads(ctx, "storage.network_tm_mads")
+    for disk in one_disks(ctx.facts, ctx.root):
+        if disk.kind != kind or tm_mad(ctx.facts, disk) not in tm_mads:
+            continue
+        if disk.element.get("type") not in ("file", "block"):
+            continue  # network already (oned's DISK_TYPE=RBD, or a second run)
+        if not any(disk.facts.get(key) for key in NETWORK_FACTS):
+            ctx.note(f"{disk.target}: the storage driver keeps it as a file")
+            continue
+        found = network_source(disk.facts)
+        if isinstance(found, str):
+            ctx.note(f"{disk.target}: {found}; left alone")
+            continue
+        attrs, hosts, auth = found
+        element = disk.element
+        editor = ctx.editor
+        old_auth = element.find("auth")
+        if old_auth is not None:
+            editor.remove(old_auth)
+        editor.set_attr(element, "type", "network")
+        for name in ("file", "dev"):
+            editor.set_attr(disk.source, name, None)
+        for name, value in attrs.items():
+            editor.set_attr(disk.source, name, value)
+        for child in list(disk.source):
+            if isinstance(child.tag, str) and child.tag in ("host", "auth"):
+                editor.remove(child)
+        for host in hosts:
+            editor.add(disk.source, "host", host)
+        if auth is not None:
+            user, secret_type, uuid = auth
+            auth_el = editor.add(element, "auth", {"username": user}, after=("source",))
+            editor.add(auth_el, "secret", {"type": secret_type, "uuid": uuid})
