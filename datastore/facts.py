@@ -81,12 +81,5 @@ def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = 
 
 def supplier(vm: etree._Element | None, domain: etree._Element | None) -> Supplied:
     """``one_tweaks.facts`` entry point: the facts for ``one-tweaks apply`` (no datastore
-    document there; the configuration file's ONE_PX when it reads)."""
-    from onelib.config import Config
-    from onelib.errors import DriverError
-
-    try:
-        config: Config | None = Config.load()
-    except DriverError:
-        config = None
-    return storage_facts(vm, None, config)
+    document and no driver configuration there: no ``system_ds.*``, no ``storage.px``)."""
+    return storage_facts(vm, None, None)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from typing import TYPE_CHECKING
 
 from onelib.errors import DriverError
 
-from ..backend import Backend
+if TYPE_CHECKING:  # imported by ``find`` only: the facts for the rules need the index alone
+    from ..backend import Backend
 
 
 def _declared(name: str) -> re.Pattern[str]:
@@ -80,6 +82,8 @@ def find(driver: str) -> type[Backend] | None:
     if declared is None:
         return None
     module = declared[0]
+    from ..backend import Backend
+
     cls = getattr(importlib.import_module(f"{__name__}.{module}"), "BACKEND", None)
     if not (isinstance(cls, type) and issubclass(cls, Backend)) or cls.driver != driver:
         raise DriverError(f"datastore/backends/{module}.py declares the driver {driver!r}, but its BACKEND "
