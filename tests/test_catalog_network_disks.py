@@ -178,3 +178,45 @@ def test_driver_iothread_queue_and_serial_tweaks_reach_network_disks(tmp_path, a
         driver = disk_of(out, dev).find("driver")
         assert driver.get("queues") == vcpu and driver.get("iothread") in ("1", "2", "3"), dev
     assert_valid(outcome.tree)
+
+
+# --- os_nvram: the storage driver's NVRAM volume on a network backend ---------------------------
+
+NVRAM_FACTS = {"storage.nvram_protocol": "rbd", "storage.nvram_name": "one-sys/one-sys-42-nvram",
+               "storage.nvram_hosts": "127.0.0.1:6789", "storage.nvram_user": "libvirt",
+               "storage.nvram_secret": SECRET, "storage.nvram_secret_type": "ceph"}
+
+
+def nvram_run(user: dict[str, str], scalars: dict[str, str]) -> engine.Outcome:
+    base = {"storage.tm_mads": "rbd", "storage.block_tm_mads": "", "storage.network_tm_mads": "rbd"}
+    return engine.apply_rules(engine.parse_xml(deployment(), "domain"), engine.parse_xml(vm_xml(user), "vm"),
+                              loader.load([]).rules, schema=DomainSchema(DOMAIN_RNG),
+                              supplied=({**base, **scalars}, {}))
+
+
+def test_nvram_volume_of_a_network_backend_is_a_network_nvram(assert_valid):
+    outcome = nvram_run({"T_OS_NVRAM": "storpool"}, NVRAM_FACTS)
+    assert status(outcome, "os-nvram") == APPLIED
+    assert compact(outcome.tree.getroot().find("os/nvram")) == (
+        '<nvram type="network"><source protocol="rbd" name="one-sys/one-sys-42-nvram">'
+        '<host name="127.0.0.1" port="6789"/><auth username="libvirt">'
+        f'<secret type="ceph" uuid="{SECRET}"/></auth></source></nvram>')
+    assert_valid(outcome.tree)
+    again = engine.apply_rules(engine.parse_xml(etree.tostring(outcome.tree), "domain"),
+                               engine.parse_xml(vm_xml({"T_OS_NVRAM": "storpool"}), "vm"), loader.load([]).rules,
+                               schema=DomainSchema(DOMAIN_RNG),
+                               supplied=({"storage.network_tm_mads": "rbd", **NVRAM_FACTS}, {}))
+    assert str(next(r.status for r in again.report.results if r.name == "os-nvram")) == UNCHANGED
+
+
+def test_nvram_volume_without_network_facts_stays_a_block_device(assert_valid):
+    outcome = nvram_run({"T_OS_NVRAM": "storpool"}, {})
+    assert outcome.tree.getroot().find("os/nvram").get("type") == "block"
+    assert_valid(outcome.tree)
+
+
+def test_unusable_nvram_facts_are_refused(assert_valid):
+    outcome = nvram_run({"T_OS_NVRAM": "storpool"}, dict(NVRAM_FACTS, **{"storage.nvram_name": "a/../b"}))
+    result = next(r for r in outcome.report.results if r.name == "os-nvram")
+    assert str(result.status) == "skipped" and "storage.nvram_name" in result.reason
+    assert_valid(outcome.tree)

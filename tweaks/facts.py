@@ -27,6 +27,10 @@ Names (see README "Facts"):
           protocol (rbd), the volume name (pool/image), monitors "host[:port] ...", and
           the auth user, libvirt secret UUID and secret type (ceph); volatile_network and
           context_network write <disk type='network'> from them
+  storage.nvram_protocol storage.nvram_name storage.nvram_hosts storage.nvram_user
+  storage.nvram_secret storage.nvram_secret_type
+          the VM's NVRAM volume on a network backend (same meanings); os_nvram's volume
+          word then writes <nvram type='network'>
 Multi-valued names (disk.*, nic.*, domain.controllers) match when any value matches.
 
 Supplied facts (``storage.*``, ``system_ds.*``, ``disk.storage_*``) come from the storage

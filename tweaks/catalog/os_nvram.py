@@ -12,6 +12,12 @@ WHERE (addon-storpool's ``storpool|file`` row, without its bugs):
   ``template=`` is checked but not written: libvirt 9.0 never fills a block NVRAM from a
   template (the storage driver copies it when it creates the volume), and without it
   ``virsh start --reset-nvram`` cannot replace the device node with a file.
+  When the storage side supplies a network NVRAM volume (``storage.nvram_protocol``,
+  ``storage.nvram_name``, optional ``storage.nvram_hosts``, ``storage.nvram_user``,
+  ``storage.nvram_secret``, ``storage.nvram_secret_type``: a network backend's
+  ``Backend.facts``), the result is ``<nvram type='network'><source protocol=P name=N><host
+  .../><auth username=U><secret type=T uuid=S/></auth></source></nvram>`` instead (libvirt 9.0
+  with OVMF under TCG keeps the variables there across restarts: tests/test_rbd_live.py).
 - ``file``: ``<system datastore dir>/<VM name>_VARS.fd``, the file oned 6.2+ itself uses.
 - ``NAME``: ``<system datastore dir>/NAME`` (letters, digits, ``. _ + -``).
 - ``/ABS/PATH``: accepted only directly inside the system datastore directory.
@@ -38,6 +44,7 @@ from lxml import etree
 from ..errors import ParamError
 from ..params import Choice, Format, Param, Text, split_key_values
 from ..tweak import Context, Tweak
+from ._disks import network_source
 from ._firmware import (
     FIRMWARE_DIRS,
     OS_ORDER,
@@ -160,6 +167,10 @@ class OsNvram(Tweak):
             raise ctx.reject("nvram", "the domain has no UEFI loader (set T_OS_LOADER or OS/FIRMWARE)")
         template = self._template(ctx, spec)
         if spec.where == VOLUME:
+            network = self._network(ctx)
+            if network is not None:
+                self._write_network(ctx, *network)
+                return
             device = self._device(ctx)
             if spec.kind == "block":
                 self._write(ctx, {"type": "block"}, None, device)
@@ -168,6 +179,47 @@ class OsNvram(Tweak):
             return
         path = self._file(ctx, spec)
         self._write(ctx, {"template": template} if template else {}, path, None)
+
+    def _network(self, ctx: Context) -> tuple[dict[str, str], list[dict[str, str]],
+                                              tuple[str, str, str] | None] | None:
+        """The network NVRAM volume the storage side names, if any."""
+        supplied = {f"storage_{key}": ctx.facts.get(f"storage.nvram_{key}") or ""
+                    for key in ("protocol", "name", "hosts", "user", "secret", "secret_type")}
+        if not supplied["storage_protocol"] and not supplied["storage_name"]:
+            return None
+        found = network_source(supplied)
+        if isinstance(found, str):
+            reason = found.replace("storage_", "storage.nvram_")
+            raise ctx.reject("nvram", f"the storage driver's NVRAM volume: {reason}")
+        return found
+
+    def _write_network(self, ctx: Context, attrs: dict[str, str], hosts: list[dict[str, str]],
+                       auth: tuple[str, str, str] | None) -> None:
+        os_el = ctx.root.find("os")
+        assert os_el is not None
+        wanted = etree.Element("nvram", {"type": "network"})
+        source = etree.SubElement(wanted, "source", attrs)
+        for host in hosts:
+            etree.SubElement(source, "host", host)
+        if auth is not None:
+            user, secret_type, uuid = auth
+            auth_el = etree.SubElement(source, "auth", {"username": user})
+            etree.SubElement(auth_el, "secret", {"type": secret_type, "uuid": uuid})
+        nvram = os_el.find("nvram")
+        if nvram is not None and _canonical(nvram) == _canonical(wanted):
+            return
+        editor = ctx.editor
+        if nvram is None:
+            nvram = editor.add(os_el, "nvram", {"type": "network"}, order=OS_ORDER)
+        else:
+            nvram = editor.replace(nvram, "nvram", {"type": "network"})
+        new_source = editor.add(nvram, "source", attrs)
+        for host in hosts:
+            editor.add(new_source, "host", host)
+        if auth is not None:
+            user, secret_type, uuid = auth
+            auth_el = editor.add(new_source, "auth", {"username": user})
+            editor.add(auth_el, "secret", {"type": secret_type, "uuid": uuid})
 
     def _template(self, ctx: Context, spec: NvramSpec) -> str | None:
         if spec.template is None:
@@ -222,6 +274,11 @@ class OsNvram(Tweak):
             editor.set_text(nvram, text)
         if device is not None:
             editor.add(nvram, "source", {"dev": device})
+
+
+def _canonical(el: etree._Element) -> tuple[object, ...]:
+    return (el.tag, sorted(attrs_of(el).items()), (el.text or "").strip(),
+            tuple(_canonical(c) for c in el if isinstance(c.tag, str)))
 
 
 def _same(nvram: etree._Element, attrs: dict[str, str], text: str | None, device: str | None) -> bool:
