@@ -214,7 +214,8 @@ def lcloud(tmp_path: Path, sshd: Sshd) -> Iterator[LinstorCloud]:
         _write_conf(conf, settings)
         path = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
         env = {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "ONE_XMLRPC": oned.url,
-               "ONE_AUTH": str(auth_file), "ONE_TWEAKS_CONF": str(conf), "PYTHONDONTWRITEBYTECODE": "1"}
+               "ONE_AUTH": str(auth_file), "ONE_TWEAKS_CONF": str(conf), "PYTHONDONTWRITEBYTECODE": "1",
+               **storage_env.libvirt_log_env(root)}
         yield LinstorCloud(root=root, sim=sim, oned=oned, sshd=sshd, hosts=hosts,  # type: ignore[arg-type]
                            conf=conf, storpool_conf=root / "none", auth_file=auth_file, home=home, env=env,
                            settings=settings, ssh_log_start=sshd.log_offset())

@@ -60,6 +60,7 @@ from sim.storpool import StorPoolSim
 REPO = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
+LIBVIRT_CLIENT_LOG = "libvirt-client.log"
 SETUP_HINT = "run .ci/setup-storage (installs openssh-server, openssh-client, genisoimage, qemu-utils)"
 TEST_HOSTS = ("node1", "node2", "one-fe")
 FRONTEND = "one-fe"
@@ -557,6 +558,27 @@ class Cloud:
         """(host, command line) of every command run over ssh since this cloud was built."""
         return self.sshd.commands(self.ssh_log_start)
 
+    def libvirt_calls(self, api: str = "") -> list[str]:
+        """The libvirt API calls driver processes made (libvirt's own client-side debug log),
+        e.g. ``virDomainSave:923 : dom=0x..., (VM: name=one-7, uuid=...), to=/path``; only
+        those of ``api`` (``virDomainSave``) when given."""
+        path = self.root / LIBVIRT_CLIENT_LOG
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        calls = [line.split(": debug : ", 1)[1] for line in lines if ": debug : " in line]
+        return [c for c in calls if not api or c.startswith(api + ":")]
+
+    def libvirt_tunnels(self) -> list[str]:
+        """ssh commands that carried a libvirt connection (libvirt-python's ``qemu+ssh://``
+        runs virt-ssh-helper on the host) or a virsh, since this cloud was built."""
+        return [cmd for _, cmd in self.ssh_commands() if "virt-ssh-helper" in cmd or "virsh" in cmd]
+
+
+def libvirt_log_env(root: Path) -> dict[str, str]:
+    """Environment that makes libvirt's client library (in the driver processes) log every
+    API call into ``root``/libvirt-client.log (``Cloud.libvirt_calls``)."""
+    return {"LIBVIRT_LOG_OUTPUTS": f"1:file:{root / LIBVIRT_CLIENT_LOG}",
+            "LIBVIRT_LOG_FILTERS": "1:libvirt.domain 1:libvirt.host"}
+
 
 def _write_conf(path: Path, values: Mapping[str, str]) -> None:
     lines = ["# one-tweaks storage drivers: test configuration written by tests/storage_env.py"]
@@ -650,7 +672,7 @@ def build_cloud(root: Path, server: Sshd) -> Iterator[Cloud]:
                 path += ":" + extra
         env = {"PATH": path, "HOME": str(home), "LANG": os.environ.get("LANG", "C.UTF-8"),
                "ONE_XMLRPC": oned.url, "ONE_AUTH": str(auth_file), "ONE_TWEAKS_CONF": str(conf),
-               "PYTHONDONTWRITEBYTECODE": "1"}
+               "PYTHONDONTWRITEBYTECODE": "1", **libvirt_log_env(root)}
         for key in ("TMPDIR", "ONE_TWEAKS_RULES_DIR", "ONE_TWEAKS_CACHE_DIR"):
             if key in os.environ:
                 env[key] = os.environ[key]

@@ -43,7 +43,6 @@ A real guest (``test_real_guest_through_the_frontend``)
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import subprocess
 import time
 import uuid
@@ -60,7 +59,7 @@ from sim.frontend import DriverFailed, Frontend
 from storage_env import IMAGE_DS, REPO, SYSTEM_DS, Cloud, cloud, sshd
 from test_guest_e2e import attached_ro, import_image, lsblk, mq_count, superblock_features
 from test_live_firmware_cpu import boot_count, boot_entries
-from test_vmm_migrate import ONE_NS, SecondHost, hosts, migrate_lines, second_host
+from test_vmm_migrate import ONE_NS, SecondHost, hosts, migrations, second_host
 
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts, guest_image)
 pytestmark = pytest.mark.libvirtd
@@ -120,7 +119,6 @@ def test_live_migration_node1_to_node2(cloud: Cloud, hosts: SecondHost) -> None:
     assert virsh("domstate", name, check=False).returncode != 0, f"domain {name} exists already"
     # the test's own ssh (Frontend's virsh destroy) reaches node2 where the drivers do
     cloud.sshd = dataclasses.replace(cloud.sshd, ssh_config=hosts.ssh_config)
-    good_uri = cloud.settings["MIGRATE_URI"]
     cloud.make_volume("one-img-90", 16, data=b"image ninety" * 100)
     cloud.make_image(90, size_mb=16)
     cloud.make_image(91, size_mb=16, persistent=True)
@@ -140,8 +138,10 @@ def test_live_migration_node1_to_node2(cloud: Cloud, hosts: SecondHost) -> None:
         write_at(cloud.disk_path("node1", vm_id, 1), marker)
 
         # -- a migration that fails: failmigrate, the VM stays on node1 with a record there ------
-        cloud.configure(MIGRATE_URI=good_uri.replace("/system?", "/system?socket=/nonexistent/libvirt-sock&"))
-        with pytest.raises(DriverFailed, match="virsh migrate failed"):
+        # the destination cannot listen for the guest's memory on an address it does not have
+        good_options = cloud.settings["MIGRATE_OPTIONS"]
+        cloud.configure(MIGRATE_OPTIONS="--migrateuri tcp://192.0.2.1")
+        with pytest.raises(DriverFailed, match=r"node1: migrate .* to node2"):
             fe.migrate(vm_id, "node2")
         assert history(cloud, vm_id) == [("0", "node1"), ("1", "node2"), ("2", "node1")]
         assert fe.host(vm_id) == "node1"
@@ -152,18 +152,16 @@ def test_live_migration_node1_to_node2(cloud: Cloud, hosts: SecondHost) -> None:
         assert cloud.oned.vm(vm_id).findtext("LCM_STATE") == "3"
 
         # -- the migration: premigrate, migrate-tweaks, postmigrate; a new record for node2 -------
-        cloud.configure(MIGRATE_URI=good_uri)
-        mark = len(migrate_lines(cloud, "node1"))
+        cloud.configure(MIGRATE_OPTIONS=good_options)
+        mark = len(migrations(cloud))
         fe.migrate(vm_id, "node2")
         assert history(cloud, vm_id) == [("0", "node1"), ("1", "node2"), ("2", "node1"), ("3", "node2")]
         assert fe.host(vm_id) == "node2" and cloud.oned.vm(vm_id).findtext("LCM_STATE") == "3"
         assert virsh("domstate", name, check=False).returncode != 0, "the domain left node1's libvirtd"
         assert hosts.state(name) == "running"
         assert hosts.virsh("domuuid", name).stdout.strip() == dom_uuid == fe.deploy_id(vm_id)
-        (line,) = migrate_lines(cloud, "node1")[mark:]
-        argv = shlex.split(line)
-        assert argv[3:5] == ["migrate", "--live"] and "--unsafe" in argv, "every disk has cache='none'"
-        assert argv[-2:] == [dom_uuid, good_uri.replace("{host}", "node2")]
+        (done,) = migrations(cloud)[mark:]
+        assert done.uuid == dom_uuid and done.unsafe, "every disk has cache='none'"
         live = etree.fromstring(hosts.virsh("dumpxml", name).stdout.encode())
         sources = [d.find("source") for d in live.iterfind("devices/disk")]
         assert [s.get("dev") or s.get("file") for s in sources if s is not None] == [

@@ -209,7 +209,8 @@ def test_storage_lifecycle(cloud: Cloud, libvirtd: object, tmp_path: Path, versi
         assert volumes[checkpoint]["tags"]["type"] == "CHKPNT"
         assert not os.path.lexists(ckpt_file), "postsave removed the link"
         assert vm_attachments(cloud, vm_id) == {(v, 1) for v in vm_volumes}, "suspend keeps the disks on the host"
-        assert ssh_lines(cloud, f"virsh --connect qemu:///system save {uuid} {Path(ckpt_file)}")  # path cleaned
+        assert [c for c in cloud.libvirt_calls("virDomainSave")
+                if f"uuid={uuid}" in c and c.endswith(f"to={Path(ckpt_file)}")]  # path cleaned
         assert fe.resume(vm_id) == uuid
         assert virsh("domuuid", name).stdout.strip() == uuid and vm.findtext("LCM_STATE") == "3"
         assert virsh("domstate", name).stdout.strip() == "paused"
@@ -219,14 +220,14 @@ def test_storage_lifecycle(cloud: Cloud, libvirtd: object, tmp_path: Path, versi
         assert not os.path.lexists(ckpt_file)
 
         # -- stop + resume through the seed aliases tmsave/tmrestore --------------------------------
-        saves = len(ssh_lines(cloud, "virsh --connect qemu:///system save"))
+        saves = len(cloud.libvirt_calls("virDomainSave"))
         stop = fe.stop(vm_id, script="tmsave")
         assert stop == vms / "transfer.0.stop"
         assert stop.read_text().splitlines() == [
             *(f"MV storpool {cloud.tm_path('node1', vm_id, d)} {cloud.tm_path(FRONTEND, vm_id, d)} {vm_id} {ds}"
               for d, ds in ((0, IMAGE_DS), (1, IMAGE_DS), (2, SYSTEM_DS), (3, SYSTEM_DS))),
             f"MV storpool {cloud.tm_path('node1', vm_id)} {cloud.tm_path(FRONTEND, vm_id)} {vm_id} {SYSTEM_DS}"]
-        assert len(ssh_lines(cloud, "virsh --connect qemu:///system save")) == saves + 1
+        assert len(cloud.libvirt_calls("virDomainSave")) == saves + 1
         assert name not in virsh("list", "--all", "--name").stdout.split()
         inv = cloud.sim.inventory()
         assert inv["volumes"][checkpoint]["size"] == CHECKPOINT_MB * MiB
@@ -249,7 +250,7 @@ def test_storage_lifecycle(cloud: Cloud, libvirtd: object, tmp_path: Path, versi
         assert checkpoint not in cloud.sim.inventory()["volumes"]
         assert not cloud.vm_dir(FRONTEND, vm_id).exists()
         assert vm_attachments(cloud, vm_id) == {(v, cloud.hosts[back].client) for v in vm_volumes}
-        assert len(ssh_lines(cloud, "virsh --connect qemu:///system restore")) == 2
+        assert len(cloud.libvirt_calls("virDomainRestoreFlags")) == 2
 
         # -- backup of the powered-off VM: prebackup/postbackup (no _live), then resume ----------
         fe.poweroff(vm_id)

@@ -199,6 +199,16 @@ def ssh_lines(cloud: Cloud, host: str, needle: str) -> list[str]:
     return [cmd for h, cmd in cloud.ssh_commands() if h == host and needle in cmd]
 
 
+def saves(cloud: Cloud, vm: Vm, path: str = "") -> list[str]:
+    """libvirt's virDomainSave calls the drivers made for ``vm`` (into ``path``)."""
+    return [c for c in cloud.libvirt_calls("virDomainSave") if f"uuid={vm.uuid}" in c and f"to={path}" in c]
+
+
+def restores(cloud: Cloud, path: str = "") -> list[str]:
+    """libvirt's virDomainRestoreFlags calls the drivers made (from ``path``)."""
+    return [c for c in cloud.libvirt_calls("virDomainRestoreFlags") if f"from={path}" in c]
+
+
 def nothing_left(cloud: Cloud, vm: Vm, *hosts: str) -> None:
     assert vm.volume not in volume_names(cloud)
     assert not attached_clients(cloud, vm.volume)
@@ -221,14 +231,14 @@ def test_save_into_the_checkpoint_volume_and_restore(cloud: Cloud, domains: Doma
     assert not attached_clients(cloud, vm.volume), "postsave detached it from the host"
     assert not os.path.lexists(vm.checkpoint()), "postsave removed the link"
     assert head_through_device(cloud, vm.volume) == MAGIC, "libvirt's save image is on the volume"
-    # virsh save wrote to the link presave made, on node1, over ssh
-    assert ssh_lines(cloud, "node1", f"virsh --connect qemu:///system save {vm.uuid} {vm.checkpoint()}")
+    # libvirt saved into the link presave made, on node1 (libvirt-python over ssh)
+    assert saves(cloud, vm, vm.checkpoint())
 
     proc = restore(cloud, vm)
     ok(proc)
     assert vm.state() == "paused", "restored in the state it was saved in"
     assert virsh("domuuid", vm.name).stdout.strip() == vm.uuid
-    assert ssh_lines(cloud, "node1", f"virsh --connect qemu:///system restore {vm.checkpoint()}")
+    assert restores(cloud, vm.checkpoint())
     nothing_left(cloud, vm)
 
 
@@ -252,7 +262,7 @@ def test_cold_migration_restores_on_the_other_host(cloud: Cloud, domains: Domain
     node2_dir = str(cloud.vm_dir("node2", vm.id))
     assert live.find("devices/disk/source").get("dev") == f"{node2_dir}/disk.0", "paths follow the new host"
     assert live.findtext(f"metadata/{{{ONE_NS}}}vm/{{{ONE_NS}}}system_datastore") == node2_dir
-    assert ssh_lines(cloud, "node2", "virsh --connect qemu:///system restore")
+    assert restores(cloud, vm.checkpoint("node2"))
     nothing_left(cloud, vm, "node1", "node2")
 
 
@@ -263,7 +273,7 @@ def test_presave_failure_leaves_nothing_and_the_vm_running(cloud: Cloud, domains
     assert line.startswith("tm/storpool/presave:")
     assert vm.state() == "running"
     nothing_left(cloud, vm)
-    assert not ssh_lines(cloud, "node1", "virsh --connect qemu:///system save")
+    assert not saves(cloud, vm)
 
 
 def test_a_failed_save_removes_what_presave_made(cloud: Cloud, domains: Domains) -> None:
@@ -286,14 +296,14 @@ def test_save_and_restore_are_rerunnable_after_a_lost_step(cloud: Cloud, domains
     assert not attached_clients(cloud, vm.volume)
     assert not os.path.lexists(vm.checkpoint())
     assert head_through_device(cloud, vm.volume) == MAGIC
-    assert len(ssh_lines(cloud, "node1", f"virsh --connect qemu:///system save {vm.uuid}")) == 1
+    assert len(saves(cloud, vm)) == 1
 
     # postrestore's delete fails: the VM runs again, the re-run only cleans up
     cloud.sim.fail("VolumeDelete", descr="simulated delete failure")
     one_line(restore(cloud, vm, name="restore_linstor_un"), "tm/storpool/postrestore", "simulated delete failure")
     assert vm.state() == "paused"
     ok(restore(cloud, vm, name="restore_linstor_un"))
-    assert len(ssh_lines(cloud, "node1", "virsh --connect qemu:///system restore")) == 1
+    assert len(restores(cloud)) == 1
     nothing_left(cloud, vm)
 
 

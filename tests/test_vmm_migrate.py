@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import drivers
+import libvirt
 import pytest
 from livevm import host_cpu_flags, kvm_available, libvirtd, virsh
 from lxml import etree
@@ -259,8 +261,35 @@ def migrate(cloud: Cloud, vm_id: int, dom_uuid: str, src: str, dst: str,
                           capture_output=True, env=cloud.env, cwd=cloud.home, timeout=300, check=False)
 
 
-def migrate_lines(cloud: Cloud, host: str) -> list[str]:
-    return [cmd for h, cmd in cloud.ssh_commands() if h == host and " migrate " in cmd]
+@dataclass
+class Migration:
+    """One migration the drivers asked libvirt for (libvirt's client log, ``Cloud.libvirt_calls``)."""
+
+    api: str                  # virDomainMigrate3 (managed) or virDomainMigrateToURI3 (--p2p)
+    uuid: str
+    flags: int
+    params: dict[str, str]    # e.g. {"migrate_uri": "tcp://127.0.0.1"}; destination_xml only its first line
+
+    @property
+    def unsafe(self) -> bool:
+        return bool(self.flags & libvirt.VIR_MIGRATE_UNSAFE)
+
+
+def migrations(cloud: Cloud) -> list[Migration]:
+    out: list[Migration] = []
+    for call in cloud.libvirt_calls():
+        where, _, rest = call.partition(" : ")
+        api = where.split(":")[0]
+        if api not in ("virDomainMigrate3", "virDomainMigrateToURI3"):
+            continue
+        head = re.search(r"uuid=([0-9a-f-]+)\).*flags=(0x[0-9a-f]+)", rest)
+        if head:
+            out.append(Migration(api=api, uuid=head[1], flags=int(head[2], 16), params={}))
+            continue
+        param = re.match(r'params\["([^"]+)"\]=\(\w+\)(.*)', rest)
+        if param and out:
+            out[-1].params[param[1]] = param[2]
+    return out
 
 
 def tm(cloud: Cloud, action: str, vm_id: int, src: str, dst: str) -> None:
@@ -315,10 +344,11 @@ def test_live_migration_to_another_libvirt_host_and_back(cloud: Cloud, hosts: Se
     live = etree.fromstring(hosts.virsh("dumpxml", name).stdout.encode())
     assert live.find("devices/disk/source").get("dev") == f"{node2_dir}/disk.0", "node2's VM directory"
     assert live.findtext(f"metadata/{{{ONE_NS}}}vm/{{{ONE_NS}}}system_datastore") == node2_dir
-    uri = f"qemu+ssh://node2/system?command={hosts.ssh_wrapper}"
-    assert migrate_lines(cloud, "node1") == [shlex.join(
-        ["virsh", "--connect", "qemu:///system", "migrate", "--live", "--migrateuri", "tcp://127.0.0.1",
-         "--unsafe", "--xml", "/dev/stdin", dom_uuid, uri])]
+    (done,) = migrations(cloud)
+    assert done.api == "virDomainMigrate3", "managed by the driver, which holds both connections"
+    assert done.uuid == dom_uuid and done.unsafe and done.flags & libvirt.VIR_MIGRATE_LIVE
+    assert done.params["migrate_uri"] == "tcp://127.0.0.1", "MIGRATE_OPTIONS' --migrateuri"
+    assert "destination_xml" in done.params, "node2's VM directory is another path: the XML is relocated"
 
     tm(cloud, "premigrate", vm_id, "node2", "node1")
     proc = migrate(cloud, vm_id, dom_uuid, "node2", "node1")
@@ -328,12 +358,12 @@ def test_live_migration_to_another_libvirt_host_and_back(cloud: Cloud, hosts: Se
     assert virsh("domstate", name).stdout.strip() == "running"
     live = etree.fromstring(virsh("dumpxml", name).stdout.encode())
     assert live.find("devices/disk/source").get("dev") == f"{node1_dir}/disk.0"
-    assert len(migrate_lines(cloud, "node2")) == 1, "node2 ran the way back"
+    assert len(migrations(cloud)) == 2, "one migration back"
 
     # a re-run (the reply was lost): the domain already runs on node1, nothing is done
     proc = migrate(cloud, vm_id, dom_uuid, "node2", "node1")
     assert proc.returncode == 0, proc.stderr.decode()
-    assert len(migrate_lines(cloud, "node2")) == 1
+    assert len(migrations(cloud)) == 2
     assert virsh("domstate", name).stdout.strip() == "running"
 
 
@@ -361,20 +391,19 @@ def test_unsafe_only_when_every_disk_has_cache_none(cloud: Cloud, hosts: SecondH
     start(tmp_path / "dom.xml", domain_xml(name, dom_uuid, [CACHED_DISK.format(path=image, cache=cache), EMPTY_CDROM]))
     snapshot_metadata(name, tmp_path)
     proc = migrate(cloud, vm_id, dom_uuid, "node1", "node2")
-    (line,) = migrate_lines(cloud, "node1")
-    argv = shlex.split(line)
-    assert argv[3:6] == ["migrate", "--live", "--migrateuri"]
-    assert "--xml" not in argv, "no system datastore metadata: nothing to relocate"
+    (done,) = migrations(cloud)
+    assert done.flags & libvirt.VIR_MIGRATE_LIVE and done.params["migrate_uri"] == "tcp://127.0.0.1"
+    assert "destination_xml" not in done.params, "no system datastore metadata: nothing to relocate"
     if cache == "none":
         assert proc.returncode == 0, proc.stderr.decode()
-        assert "--unsafe" in argv
+        assert done.unsafe
         assert hosts.state(name) == "running"
         assert virsh("domstate", name, check=False).returncode != 0
     else:
         failure = [ln for ln in proc.stderr.decode().splitlines() if not ln.startswith("INFO: ")]
         assert proc.returncode == 1 and len(failure) == 1, proc.stderr.decode()
-        assert "node1: virsh migrate failed" in failure[0] and "Unsafe migration" in failure[0]
-        assert "--unsafe" not in argv
+        assert f"node1: migrate {dom_uuid} to node2: " in failure[0] and "Unsafe migration" in failure[0]
+        assert not done.unsafe
         assert hosts.state(name) is None
         assert virsh("domstate", name).stdout.strip() == "running"
         assert virsh("snapshot-list", name, "--name").stdout.split() == ["before-upgrade"], (
@@ -403,7 +432,7 @@ def test_bad_calls_fail_with_one_line(cloud: Cloud, hosts: SecondHost, argv: lis
     proc = subprocess.run([sys.executable, str(MIGRATE), *argv], input=data, capture_output=True, env=cloud.env,
                           cwd=cloud.home, timeout=120, check=False)
     one_line(proc, *words)
-    assert not migrate_lines(cloud, "node1")
+    assert not migrations(cloud)
 
 
 def test_the_unsafe_decision_reads_every_disk() -> None:
@@ -493,12 +522,11 @@ def test_migrate_rules_shape_the_destination_domain(cloud: Cloud, hosts: SecondH
     assert moved.find(f"cpu/feature[@name='{feature}']") is not None, "libvirt kept the running guest's CPU"
     assert f"INFO: {vm_id} migrate-tweaks: libvirt snapshot metadata removed before migrating: before-upgrade" in log
     assert (f"INFO: {vm_id} migrate-tweaks: rule migrate-cpu-features rolled back: libvirt refused its change: "
-            "error: unsupported configuration: Target CPU feature count") in log, log
+            f"node1: migrate {dom_uuid} to node2: unsupported configuration: Target CPU feature count") in log, log
     assert f"INFO: {vm_id} migrate-tweaks: migrate rules applied: migrate-graphics-listen, migrate-iothreads-drop" \
         in log, log
 
-    (line,) = migrate_lines(cloud, "node1")[-1:]
-    assert "--xml" in shlex.split(line)
-    node2 = [cmd for h, cmd in cloud.ssh_commands() if h == "node2"]
-    assert any(shlex.split(cmd)[3:] == ["domtime", dom_uuid, "--sync"] for cmd in node2), node2
-    assert any("hypervisor-cpu-baseline" in cmd for cmd in node2), "node2's CPU features were asked for"
+    (done,) = migrations(cloud)[-1:]
+    assert "destination_xml" in done.params
+    assert any(f"uuid={dom_uuid}" in c for c in cloud.libvirt_calls("virDomainSetTime")), "the clock sync was tried"
+    assert cloud.libvirt_calls("virConnectBaselineHypervisorCPU"), "node2's CPU features were asked for"

@@ -1,10 +1,7 @@
-"""What live migration asks of the two hosts beyond ``virsh migrate`` itself: facts about
+"""What live migration asks of the two hosts beyond the migration itself: facts about
 the destination for the migrate rules, the snapshot metadata the destination would refuse,
-and the guest clock afterwards.
-
-Every call here goes through ``host.Hypervisor`` (``virsh`` over ssh), in this one module,
-so that a libvirt-python host layer can take them over as they are.
-"""
+and the guest clock afterwards. Every call goes through ``onelib.hypervisor``
+(libvirt-python; the ssh connection's own address over ssh)."""
 
 from __future__ import annotations
 
@@ -12,15 +9,14 @@ import socket
 
 from lxml import etree
 
-from onelib import log, xmldoc
+from onelib import log
 from onelib.errors import DriverError
-
-from . import host as hosts
+from onelib.hypervisor import Hypervisor
 
 _FEATURE_POLICIES_OFFERED = ("require", "force")
 
 
-def address(dest: hosts.Hypervisor) -> str:
+def address(dest: Hypervisor) -> str:
     """The address the front-end reaches the destination at: the server side of the ssh
     connection (what the host's name means from here, whatever resolves it: DNS, hosts
     file or ssh configuration), else what the name resolves to here; "" when neither."""
@@ -35,15 +31,15 @@ def address(dest: hosts.Hypervisor) -> str:
     return str(found[0][4][0]) if found else ""
 
 
-def cpu_features(dest: hosts.Hypervisor, virt_type: str) -> list[str]:
+def cpu_features(dest: Hypervisor, virt_type: str) -> list[str]:
     """Every CPU feature the destination's libvirt offers a guest of ``virt_type``: its
-    host-model CPU (``domcapabilities``) expanded to all features of its model
-    (``hypervisor-cpu-baseline --features``); [] when libvirt cannot say."""
-    proc = dest.virsh("domcapabilities", "--virttype", virt_type or "kvm", check=False)
-    if proc.returncode != 0:
-        log.info(f"{dest.host}: no domain capabilities: {hosts.last_line(proc.stderr)}")
+    host-model CPU (domain capabilities) expanded to all features of its model (the
+    hypervisor CPU baseline with features); [] when libvirt cannot say."""
+    try:
+        caps = dest.domain_capabilities(virttype=virt_type or "kvm")
+    except DriverError as exc:
+        log.info(f"{dest.host}: no domain capabilities: {exc}")
         return []
-    caps = xmldoc.parse(proc.stdout, f"domain capabilities of {dest.host}")
     mode = caps.find("cpu/mode[@name='host-model']")
     if mode is None or mode.get("supported") != "yes" or mode.find("model") is None:
         return []
@@ -51,12 +47,11 @@ def cpu_features(dest: hosts.Hypervisor, virt_type: str) -> list[str]:
     for child in mode:
         if isinstance(child.tag, str) and child.tag in ("model", "vendor", "feature"):
             cpu.append(child)
-    proc = dest.virsh("hypervisor-cpu-baseline", "--features", "--virttype", virt_type or "kvm", "/dev/stdin",
-                      input=etree.tostring(cpu), check=False)
-    if proc.returncode != 0:
-        log.info(f"{dest.host}: no CPU baseline: {hosts.last_line(proc.stderr)}")
+    try:
+        expanded = dest.baseline_cpu(etree.tostring(cpu).decode(), virttype=virt_type or "kvm")
+    except DriverError as exc:
+        log.info(f"{dest.host}: no CPU baseline: {exc}")
         return []
-    expanded = xmldoc.parse(proc.stdout, f"CPU baseline of {dest.host}")
     return sorted({f.get("name", "") for f in expanded.iterfind("feature")
                    if f.get("policy", "require") in _FEATURE_POLICIES_OFFERED and f.get("name")})
 
@@ -74,50 +69,49 @@ class SnapshotMetadata:
     def names(self) -> list[str]:
         return [name for name, _ in self.snapshots]
 
-    def restore(self, source: hosts.Hypervisor) -> list[str]:
+    def restore(self, source: Hypervisor) -> list[str]:
         """Define the snapshots again; returns the names that could not be (logged)."""
         failed = []
         for name, xml in self.snapshots:
-            current = ["--current"] if name == self.current else []
-            proc = source.virsh("snapshot-create", self.domain, "/dev/stdin", "--redefine", *current, input=xml,
-                                check=False)
-            if proc.returncode != 0:
-                log.error(f"{source.host}: snapshot {name} of {self.domain} not redefined: "
-                          f"{hosts.last_line(proc.stderr)}")
+            try:
+                source.domain(self.domain).redefine_snapshot(xml, current=name == self.current)
+            except DriverError as exc:
+                log.error(f"snapshot {name} not redefined: {exc}")
                 failed.append(name)
         return failed
 
 
-def drop_snapshot_metadata(source: hosts.Hypervisor, domain: str) -> SnapshotMetadata:
+def drop_snapshot_metadata(source: Hypervisor, domain: str) -> SnapshotMetadata:
     """Remove the domain's libvirt snapshot metadata (libvirt refuses to migrate a domain
     that has snapshots); the snapshots' data is left alone. Returns what was removed."""
-    proc = source.virsh("snapshot-list", domain, "--name", "--topological", check=False)
-    if proc.returncode != 0:
+    dom = source.domain(domain)
+    try:
+        snapshots = dom.snapshots()
+    except DriverError:
         return SnapshotMetadata(domain, [], "")  # no snapshot support here: nothing stands in the way
-    names = [n.strip() for n in proc.stdout.decode(errors="replace").splitlines() if n.strip()]
-    if not names:
+    if not snapshots:
         return SnapshotMetadata(domain, [], "")
-    current = source.virsh("snapshot-current", domain, "--name", check=False)
-    kept = SnapshotMetadata(domain, [], current.stdout.decode(errors="replace").strip()
-                            if current.returncode == 0 else "")
-    for name in names:
-        xml = source.virsh("snapshot-dumpxml", domain, "--snapshotname", name, "--security-info").stdout
-        kept.snapshots.append((name, xml))
+    try:
+        current = dom.current_snapshot()
+    except DriverError:
+        current = ""
+    kept = SnapshotMetadata(domain, snapshots, current)
+    names = kept.names
     for index, name in enumerate(reversed(names)):  # children first
-        proc = source.virsh("snapshot-delete", domain, "--snapshotname", name, "--metadata", check=False)
-        if proc.returncode != 0:
+        try:
+            dom.drop_snapshot_metadata(name)
+        except DriverError as exc:
             done = SnapshotMetadata(domain, kept.snapshots[len(names) - index:], kept.current)
             done.restore(source)
-            raise DriverError(f"{source.host}: snapshot {name} of {domain}: metadata not removed: "
-                              f"{hosts.last_line(proc.stderr)}")
+            raise DriverError(f"snapshot {name}: metadata not removed: {exc}") from None
     return kept
 
 
-def sync_time(dest: hosts.Hypervisor, domain: str) -> str:
+def sync_time(dest: Hypervisor, domain: str) -> str:
     """Set the guest clock from the host's after the migration (needs the guest agent);
     returns "" on success, else libvirt's reason. Never fails the migration."""
     try:
-        proc = dest.virsh("domtime", domain, "--sync", check=False)
+        dest.domain(domain).sync_time()
     except DriverError as exc:
         return str(exc)
-    return "" if proc.returncode == 0 else hosts.last_line(proc.stderr)
+    return ""

@@ -19,8 +19,7 @@ from lxml import etree
 
 from onelib import log
 from onelib.config import Config
-
-from . import host as hosts
+from onelib.hypervisor import Hypervisor, metadata_dir, relocate
 
 if TYPE_CHECKING:
     from tweaks.rules import Rule
@@ -89,7 +88,7 @@ class Destination:
         return self.applied[-1]
 
 
-def prepare(config: Config, source: hosts.Hypervisor, dest_host: str, domain: str, live: etree._Element,
+def prepare(config: Config, source: Hypervisor, dest_host: str, domain: str, live: etree._Element,
             target: str, vm: etree._Element | None,
             dest_facts: Callable[[str, str], str]) -> Destination:
     """The migratable XML read from the source, the VM directory moved to ``target``, and the
@@ -99,8 +98,8 @@ def prepare(config: Config, source: hosts.Hypervisor, dest_host: str, domain: st
     from tweaks.errors import TweakError
 
     migratable = source.dumpxml(domain, migratable=True)
-    current = hosts.system_dir(live)
-    moved = bool(target and current and current != target and hosts.relocate(migratable, current, target))
+    current = metadata_dir(live)
+    moved = bool(target and current and current != target and relocate(migratable, current, target))
     if moved:
         log.info(f"{domain}: VM directory {current} becomes {target} on the destination")
     try:

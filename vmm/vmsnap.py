@@ -27,11 +27,12 @@ from lxml import etree
 from datastore.backend import Backend, Volume
 from datastore.backends import find
 from datastore.driver import Driver
+from datastore.vmdisks import vm_disk, vm_volumes
 from onelib import numbers, xmldoc
 from onelib.config import SANE_MAX, Config
 from onelib.errors import DriverError
+from onelib.hypervisor import forward
 from onelib.oned import Oned
-from tm.common import vm_disk, vm_volumes
 from tweaks.record import record
 
 from . import domain_ops as ops
@@ -115,7 +116,7 @@ class SnapContext:
 
     def forward(self, script: str) -> str:
         """The stock remote script does it (system datastore of another driver)."""
-        return ops.forward(self.config, self.host, script, list(self.req.args), self.plain)
+        return forward(self.config, self.host, script, list(self.req.args), self.plain)
 
     # --- volumes and groups --------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ remove what presave made when the save itself failed."""
 
 from __future__ import annotations
 
-from vmm.checkpoint import CheckpointVolume, parse_any
+from datastore.checkpoint import CheckpointVolume, parse_any
 
 from ..entry import TmRequest
 

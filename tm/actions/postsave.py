@@ -4,7 +4,7 @@ override also runs it to release the checkpoint after a failed restore."""
 
 from __future__ import annotations
 
-from vmm.checkpoint import CheckpointVolume, parse_any
+from datastore.checkpoint import CheckpointVolume, parse_any
 
 from ..entry import TmRequest
 

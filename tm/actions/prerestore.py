@@ -5,7 +5,7 @@ volume (a checkpoint kept as a file) it does nothing."""
 
 from __future__ import annotations
 
-from vmm.checkpoint import CheckpointVolume, parse_any
+from datastore.checkpoint import CheckpointVolume, parse_any
 
 from ..entry import TmRequest
 

@@ -5,16 +5,17 @@
 
 - A disk of a block datastore (its TM_MAD is one of this project's block drivers, or its
   DISK_TYPE/TYPE is BLOCK) is attached as ``type='block'`` whatever oned's DISK says (what
-  addon-storpool's ``attach_disk.storpool`` forces): ``virsh attach-device DOMAIN
-  /dev/stdin --live`` on the host, the XML on stdin: source dev = the disk path, target and
+  addon-storpool's ``attach_disk.storpool`` forces): hot-plugged through libvirt on the
+  host (``onelib.hypervisor``: ``attach-device --live``): source dev = the disk path, target and
   bus from the disk's TARGET, driver raw with CACHE/IO/DISCARD from the DISK (defaults:
   DEFAULT_ATTACH_CACHE/_IO/_DISCARD of the configuration, as in kvmrc, else none/native/
   unmap), read-only for CD-ROMs and READONLY=YES, SHAREABLE, SERIAL, IOTHREAD and the
   iotune attributes.
 - A CD-ROM goes into an EMPTY CD-ROM drive of the domain if it has one (the persistent_cdrom
-  tweak's slots): the one on the disk's own target, else the first: ``virsh change-media
-  DOMAIN <drive> <path> --insert --block --live`` (libvirt 9.0 keeps an empty block drive as
-  type file, so ``--block`` is always given). The guest sees a medium change, no hot-plug.
+  tweak's slots): the one on the disk's own target, else the first: the drive's live XML
+  with the medium as a block source, given to libvirt's update-device (what ``virsh
+  change-media --insert --block --live`` does; libvirt 9.0 keeps an empty block drive as
+  type file). The guest sees a medium change, no hot-plug.
 - Any other disk (file, qcow2, network) is left to OpenNebula's own remote ``attach_disk``
   on the host (same argv, the plain driver message on stdin).
 
@@ -31,6 +32,7 @@ from datastore.backends import find
 from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor, forward
 
 from .. import domain_ops as ops
 from .. import hotplug
@@ -66,10 +68,10 @@ def run(req: VmmRequest) -> str:
     config = Config.load()
     if not is_block(disk, msg, vm):
         log.info(f"VM {vm_id}: disk {disk_id} is not a block disk: OpenNebula's attach_disk attaches it")
-        return ops.forward(config, host, "attach_disk", list(req.args), etree.tostring(msg)).strip()
+        return forward(config, host, "attach_disk", list(req.args), etree.tostring(msg)).strip()
     cdrom = xmldoc.text(disk, "TYPE").upper() == "CDROM"
-    dom = ops.Domain(config, host, deploy_id)
-    live = dom.require()
+    dom = Hypervisor(config, host).domain(deploy_id)
+    live = dom.xml()
     for present in ops.live_disks(live):
         if ops.disk_source(present) == path:
             if cdrom or ops.disk_target(present) == target:
@@ -79,7 +81,7 @@ def run(req: VmmRequest) -> str:
     if cdrom:
         slot = _empty_slot(live, target)
         if slot is not None:
-            dom.virsh("change-media", deploy_id, slot, path, "--insert", "--block", "--live")
+            dom.update(insert_medium(live, slot, path))
             log.info(f"VM {vm_id}: CD-ROM disk {disk_id} inserted into drive {slot}")
             return ""
     for present in ops.live_disks(live):
@@ -89,7 +91,7 @@ def run(req: VmmRequest) -> str:
                       sd_bus=xmldoc.text(vm, "TEMPLATE/OS/SD_DISK_BUS").lower(), vm=vm)
     # the same rule files as deploy: the disk gets what it would have got deployed with the VM
     el = hotplug.shape(el, live, vm, vm_id, config, "attach_disk-tweaks")
-    dom.virsh("attach-device", deploy_id, "/dev/stdin", "--live", input=etree.tostring(el))
+    dom.attach(etree.tostring(el))
     log.info(f"VM {vm_id}: disk {disk_id} attached as {target}")
     return ""
 
@@ -114,6 +116,19 @@ def is_block(disk: etree._Element, msg: etree._Element, vm: etree._Element) -> b
         return True
     backend = find(tm_mad) if tm_mad else None
     return backend is not None and backend.disk_form == "block"
+
+
+def insert_medium(live: etree._Element, slot: str, path: str) -> bytes:
+    """The CD-ROM drive ``slot`` of the live domain with ``path`` as its block medium."""
+    drive = next(d for d in ops.live_disks(live) if ops.disk_target(d) == slot)
+    drive = etree.fromstring(etree.tostring(drive))
+    drive.set("type", "block")
+    for old in drive.findall("source"):
+        drive.remove(old)
+    source = etree.Element("source", dev=path)
+    driver = drive.find("driver")
+    drive.insert(drive.index(driver) + 1 if driver is not None else 0, source)
+    return etree.tostring(drive)
 
 
 def _empty_slot(live: etree._Element, target: str) -> str | None:

@@ -7,7 +7,7 @@ The NIC oned marked ATTACH=YES is built as OpenNebula's remote ``attach_nic`` bu
 target, boot order, model (MODEL, else DEFAULT_ATTACH_NIC_MODEL of the configuration),
 virtio queues, the clean-traffic style filter with the NIC's IPs, bandwidth), then the rule
 files shape it inside the running domain as they would have at deploy (T_NIC_QUEUES ...),
-and ``virsh attach-device DOMAIN /dev/stdin --live`` plugs it in on the host.
+and libvirt's attach-device (``--live``, through ``onelib.hypervisor``) plugs it in on the host.
 
 A PCI device or a NIC alias is left to OpenNebula's own remote ``attach_nic`` (same argv, the
 plain message on stdin). Re-runnable: a NIC already attached with the same MAC is done.
@@ -22,6 +22,7 @@ from lxml import etree
 from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor, forward
 
 from .. import domain_ops as ops
 from .. import hotplug
@@ -45,15 +46,15 @@ def run(req: VmmRequest) -> str:
     nics = [n for n in vm.iterfind("TEMPLATE/NIC") if xmldoc.text(n, "ATTACH").upper() == "YES"]
     if not nics:
         log.info(f"VM {vm_id}: no NIC with ATTACH=YES (a PCI device or NIC alias): OpenNebula's attach_nic")
-        return ops.forward(config, host, "attach_nic", list(req.args), etree.tostring(msg)).strip()
+        return forward(config, host, "attach_nic", list(req.args), etree.tostring(msg)).strip()
     if len(nics) != 1:
         raise DriverError(f"the driver message has {len(nics)} NICs with ATTACH=YES, not one")
     nic = nics[0]
     if xmldoc.text(nic, "MAC").lower() != mac.lower():
         raise DriverError(f"the attached NIC has MAC {xmldoc.text(nic, 'MAC')!r}, not {mac}")
     el = interface_element(nic, config, xmldoc.text(vm, "TEMPLATE/VCPU") or "1")
-    dom = ops.Domain(config, host, deploy_id)
-    live = dom.require()
+    dom = Hypervisor(config, host).domain(deploy_id)
+    live = dom.xml()
     for present in live.iterfind("devices/interface"):
         found = present.find("mac")
         if found is not None and found.get("address", "").lower() == mac.lower():
@@ -61,7 +62,7 @@ def run(req: VmmRequest) -> str:
             return ""
     # the same rule files as deploy: the NIC gets what it would have got deployed with the VM
     el = hotplug.shape(el, live, vm, vm_id, config, "attach_nic-tweaks")
-    dom.virsh("attach-device", deploy_id, "/dev/stdin", "--live", input=etree.tostring(el))
+    dom.attach(etree.tostring(el))
     log.info(f"VM {vm_id}: NIC {xmldoc.text(nic, 'NIC_ID')} attached ({mac})")
     return ""
 

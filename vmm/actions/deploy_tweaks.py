@@ -25,14 +25,11 @@ from lxml import etree
 from onelib import log, numbers, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
-from onelib.hostcmd import Host
+from onelib.hypervisor import ds_location, remote_script, shell
 from onelib.oned import Oned
 from onelib.paths import check_host, clean_path
 
 from ..entry import VmmRequest
-
-DEFAULT_DS_LOCATION = "/var/lib/one//datastores"
-DEFAULT_REMOTE_DIR = "/var/tmp/one"
 
 # $1 VM directory, $2 remote deploy script, $3-$6 its argv, $7 the staged domain XML (from
 # the tar stream), which the stock script reads on stdin and writes to $3 itself.
@@ -56,15 +53,13 @@ def run(req: VmmRequest) -> str:
     tweaked = tweak(domain_xml, vm, vm_id, config, datastore)
     _write_local(local_file + "-tweaks", tweaked)
 
-    vm_dir = posixpath.join(_ds_location(oned, host, config), str(ds_id), str(vm_id))
+    vm_dir = posixpath.join(ds_location(oned, host, config), str(ds_id), str(vm_id))
     remote_file = posixpath.join(vm_dir, posixpath.basename(local_file))
-    shell = Host(host, ssh=config.ssh_command())
-    remote_dir = config.get("SCRIPTS_REMOTE_DIR") or DEFAULT_REMOTE_DIR
-    deploy = posixpath.join(remote_dir, "vmm", "kvm", "deploy")
+    deploy = remote_script(config, "vmm", "kvm", "deploy")
     staged = f".{posixpath.basename(local_file)}.{os.getpid()}.in"
     files = _tar({"vm.xml": etree.tostring(vm), "ds.xml": etree.tostring(datastore), staged: tweaked})
-    proc = shell.run(["sh", "-c", _REMOTE, "sh", vm_dir, deploy, remote_file, host, str(vm_id), host, staged],
-                     input=files, what="deploy")
+    argv = ["sh", "-c", _REMOTE, "sh", vm_dir, deploy, remote_file, host, str(vm_id), host, staged]
+    proc = shell(config, host).run(argv, input=files, what="deploy")
     out = proc.stdout.decode(errors="replace").split()
     if not out:
         raise DriverError(f"deploy on {host} printed no domain id")
@@ -109,12 +104,6 @@ def _domain_xml(req: VmmRequest, local_file: str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise DriverError(f"{local_file}: cannot read the deployment file: {exc.strerror}") from None
-
-
-def _ds_location(oned: Oned, host: str, config: Config) -> str:
-    doc = oned.host_by_name(host)
-    location = xmldoc.text(doc, "TEMPLATE/DATASTORE_LOCATION") if doc is not None else ""
-    return location or config.get("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

@@ -4,9 +4,11 @@
 really be gone from qemu when this succeeds.
 
 - A CD-ROM medium in an IDE/SATA drive (the persistent_cdrom tweak's slots, which cannot
-  be hot-unplugged) is ejected: ``virsh change-media DOMAIN <drive> --eject --live``; the
-  empty drive stays for the next CD-ROM.
-- Any other disk: ``virsh detach-disk DOMAIN <target> --live``, then wait until qemu has
+  be hot-unplugged) is ejected: the drive's live XML without its source, given to libvirt's
+  update-device (``virsh change-media --eject --live``); the empty drive stays for the
+  next CD-ROM.
+- Any other disk: its live XML given to libvirt's detach-device (``virsh detach-disk
+  DOMAIN <target> --live``; all through ``onelib.hypervisor``), then wait until qemu has
   let go of it (the guest must acknowledge a PCI unplug; DETACH_TIMEOUT seconds, default
   20). A guest that does not gives a one-line error, and oned keeps the disk.
 
@@ -22,6 +24,7 @@ from lxml import etree
 from onelib import log
 from onelib.config import Config
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor
 
 from .. import domain_ops as ops
 from ..entry import VmmRequest
@@ -37,12 +40,12 @@ def run(req: VmmRequest) -> str:
     host = ops.host(req.arg(5, "host"))
     path = ops.disk_target_path(req.arg(1, "disk path"), vm_id)
     config = Config.load()
-    dom = ops.Domain(config, host, deploy_id)
-    live = dom.require()
+    dom = Hypervisor(config, host).domain(deploy_id)
+    live = dom.xml()
     for disk in ops.live_disks(live):
         if disk.get("device") == "cdrom" and ops.disk_source(disk) == path and _bus(disk) in SLOT_BUSES:
             slot = ops.disk_target(disk)
-            dom.virsh("change-media", deploy_id, slot, "--eject", "--live")
+            dom.update(_ejected(disk))
             log.info(f"VM {vm_id}: CD-ROM {path} ejected from drive {slot}")
             return ""
     found = _by_target(live, target)
@@ -56,9 +59,11 @@ def run(req: VmmRequest) -> str:
     if source and source != path:
         raise DriverError(f"{target} of {deploy_id} is {source}, not {path}")
     name = ops.disk_target(found)
-    code, _, err = dom.virsh("detach-disk", deploy_id, name, "--live", check=False)
-    if code != 0 and "in the process of unplug" not in err:
-        raise DriverError(f"{host}: virsh detach-disk {deploy_id} {name}: {ops.last_line(err)}")
+    try:
+        dom.detach(etree.tostring(found))
+    except DriverError as exc:
+        if "in the process of unplug" not in str(exc):
+            raise
     wait = config.integer("DETACH_TIMEOUT")
     deadline = time.monotonic() + (20 if wait is None else wait)
     while _by_target(dom.xml(), name) is not None:
@@ -68,6 +73,14 @@ def run(req: VmmRequest) -> str:
         time.sleep(0.5)
     log.info(f"VM {vm_id}: {name} ({path}) detached")
     return ""
+
+
+def _ejected(drive: etree._Element) -> bytes:
+    """The drive as it is, without its medium."""
+    empty = etree.fromstring(etree.tostring(drive))
+    for source in empty.findall("source"):
+        empty.remove(source)
+    return etree.tostring(empty)
 
 
 def _bus(disk: etree._Element) -> str:

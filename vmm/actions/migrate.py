@@ -2,34 +2,38 @@
 override (``-l migrate=migrate``), run on the front-end with the base64 driver message on
 stdin (HOST = source, MIGR_HOST = destination, DISK_TARGET_PATH = the VM directory on the
 destination). oned runs the storage side around it (tm premigrate before, postmigrate
-after, failmigrate on failure); this does the hypervisor side, on the source host over ssh:
+after, failmigrate on failure); this does the hypervisor side through libvirt-python
+(``onelib.hypervisor``), holding connections to both hosts as ``virsh migrate`` does:
 
-    virsh --connect <LIBVIRT_URI> migrate --live [MIGRATE_OPTIONS] [--unsafe] [--xml /dev/stdin]
-          <deploy_id> <MIGRATE_URI with {host} = dst>      (default qemu+ssh://<dst>/system)
+    migrate --live [MIGRATE_OPTIONS] [--unsafe] [--xml <destination XML>] <deploy_id> <dst>
+
+MIGRATE_OPTIONS are kvmrc's ``virsh migrate`` options, passed as libvirt's flags and
+parameters (``--migrateuri URI``, ``--persistent``, ``--compressed``, ...); with ``--p2p``
+the source's libvirtd connects to MIGRATE_URI (``{host}`` = dst, default
+``qemu+ssh://<dst>/system``) itself.
 
 ``--unsafe`` is added only when every disk (device ``disk`` or ``lun``) of the live domain
-(``virsh dumpxml`` on the source) has ``<driver cache='none'>``: libvirt refuses to migrate
+(its live XML on the source) has ``<driver cache='none'>``: libvirt refuses to migrate
 ``type='file'`` disks that are not on a shared file system (OpenNebula writes volatile and
 context disks that way) although block storage reached through such paths is shared; with
 the host cache off nothing is lost, with any other cache mode the refusal stands (the seed's
 known-issues workaround). An ``--unsafe`` in MIGRATE_OPTIONS is dropped: the decision is
 made here.
 
-The destination XML (``--xml``) is the running domain's migratable XML (``virsh dumpxml
---migratable`` on the source) with the VM directory moved when the destination's
-(DISK_TARGET_PATH) differs from the one the domain was started in (its
+The destination XML is the running domain's migratable XML (read on the source) with the
+VM directory moved when the destination's (DISK_TARGET_PATH) differs from the one the domain was started in (its
 ``one:system_datastore`` metadata; hosts with their own DATASTORE_LOCATION), and the
 ``on: [migrate]`` rules applied with facts about the destination (``dest.host``,
 ``dest.address``, ``dest.cpu_features``; see ``vmm.migrate_rules``). When libvirt refuses
 a rule's change for the running guest, that rule is rolled back and the migration goes
 ahead without it (a VM log line says so). libvirt's snapshot metadata, which makes libvirt
 refuse a migration, is removed first (the snapshots' data stays; our VM snapshot overrides
-make none); after the move the guest clock is synced (``virsh domtime --sync``; a guest
+make none); after the move the guest clock is synced (as ``virsh domtime --sync``; a guest
 without the agent keeps its clock and the migration still counts as done).
 
 Re-runnable: when the domain is no longer on the source but runs on the destination (a
-migration whose reply was lost), nothing is done; a ``virsh migrate`` that fails although
-the domain moved (the ssh hop broke at the end) counts as done.
+migration whose reply was lost), nothing is done; a migration that fails although the
+domain moved (a connection broke at the end) counts as done.
 """
 
 from __future__ import annotations
@@ -39,21 +43,29 @@ from lxml import etree
 from onelib import log, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
+from onelib.hypervisor import (
+    DEFAULT_MIGRATE_URI,
+    LIVE_STATES,
+    Hypervisor,
+    binding,
+    deploy_id,
+    migrate_options,
+    uri,
+    vm_id,
+)
 from onelib.paths import check_host, clean_path
 
-from .. import host as hosts
 from .. import migrate_host, migrate_rules
-from ..checkpoint import LIVE_STATES
 from ..entry import VmmRequest
 
 DISK_DEVICES = ("disk", "lun")
 
 
 def run(req: VmmRequest) -> None:
-    domain = hosts.deploy_id(req.arg(0, "deploy id"))
+    domain = deploy_id(req.arg(0, "deploy id"))
     dst = check_host(req.arg(1, "destination host"))
     src = check_host(req.arg(2, "source host"))
-    vm = hosts.vm_id(req.arg(3, "vm id"))
+    vm = vm_id(req.arg(3, "vm id"))
     message = _message(req, vm)
     if message is not None:
         for tag, expected in (("HOST", src), ("MIGR_HOST", dst)):
@@ -63,17 +75,19 @@ def run(req: VmmRequest) -> None:
     if src == dst:
         raise DriverError(f"VM {vm}: source and destination are both {src}")
     config = Config.load()
-    source = hosts.Hypervisor(config, src)
-    if source.state(domain) is None:
-        if hosts.Hypervisor(config, dst).state(domain) in LIVE_STATES:
+    source, dest = Hypervisor(config, src), Hypervisor(config, dst)
+    dom = source.lookup(domain)
+    if dom is None:
+        if dest.state(domain) in LIVE_STATES:
             log.info(f"VM {vm}: {domain} already runs on {dst}")
             return
         raise DriverError(f"domain {domain} is on neither {src} nor {dst}")
-    live = source.dumpxml(domain)
+    live = dom.xml()
     unsafe = uncached(live)
-    dst_uri = hosts.uri(config.get("MIGRATE_URI") or hosts.DEFAULT_MIGRATE_URI, dst, "MIGRATE_URI")
-    extra = [o for o in hosts.options(config.get("MIGRATE_OPTIONS"), "MIGRATE_OPTIONS") if o != "--unsafe"]
-    dest = hosts.Hypervisor(config, dst)
+    lv = binding()
+    flags, params = migrate_options(config.get("MIGRATE_OPTIONS"))
+    flags = (flags & ~lv.VIR_MIGRATE_UNSAFE) | lv.VIR_MIGRATE_LIVE | (lv.VIR_MIGRATE_UNSAFE if unsafe else 0)
+    p2p_uri = uri(config.get("MIGRATE_URI") or DEFAULT_MIGRATE_URI, dst, "MIGRATE_URI")
     vm_doc = message.find("VM") if message is not None else None
     plan = migrate_rules.prepare(config, source, dst, domain, live, _target_dir(message), vm_doc,
                                  lambda name, virt: _dest_fact(dest, name, virt))
@@ -86,17 +100,22 @@ def run(req: VmmRequest) -> None:
                    + ", ".join(snapshots.names))
     rolled_back: list[str] = []
     while True:
-        argv = ["migrate", "--live", *extra, *(["--unsafe"] if unsafe else []),
-                *(["--xml", "/dev/stdin"] if xml is not None else []), domain, dst_uri]
-        proc = source.virsh(*argv, input=xml, check=False, long=True)
-        if proc.returncode == 0 or _arrived(config, source, dst, domain):
+        if xml is not None:
+            params[lv.VIR_MIGRATE_PARAM_DEST_XML] = xml.decode()
+        else:
+            params.pop(lv.VIR_MIGRATE_PARAM_DEST_XML, None)
+        try:
+            dom.migrate(dest, flags=flags, params=params, p2p_uri=p2p_uri)
             break
-        reason = hosts.last_line(proc.stderr)
-        culprit = plan.culprit(reason) if source.state(domain) is not None else None
-        if culprit is None:
-            if snapshots.names and source.state(domain) is not None:
-                snapshots.restore(source)  # the domain stays here: as it was
-            raise DriverError(f"{src}: virsh migrate failed: {reason}")
+        except DriverError as exc:
+            if _arrived(source, dest, domain):
+                break
+            reason = str(exc)
+            culprit = plan.culprit(reason) if source.state(domain) is not None else None
+            if culprit is None:
+                if snapshots.names and source.state(domain) is not None:
+                    snapshots.restore(source)  # the domain stays here: as it was
+                raise
         rolled_back.append(culprit)
         log.vm_log(vm, f"migrate-tweaks: rule {culprit} rolled back: libvirt refused its change: {reason}")
         xml = plan.xml(rolled_back)
@@ -108,16 +127,16 @@ def run(req: VmmRequest) -> None:
         log.info(f"VM {vm}: guest clock not synced on {dst}: {not_synced}")
 
 
-def _dest_fact(dest: hosts.Hypervisor, name: str, virt_type: str) -> str:
+def _dest_fact(dest: Hypervisor, name: str, virt_type: str) -> str:
     if name == "dest.address":
         return migrate_host.address(dest)
     return ",".join(migrate_host.cpu_features(dest, virt_type))
 
 
-def _arrived(config: Config, source: hosts.Hypervisor, dst: str, domain: str) -> bool:
-    """After a failed ``virsh migrate``: did the domain move all the same (a lost reply)?"""
+def _arrived(source: Hypervisor, dest: Hypervisor, domain: str) -> bool:
+    """After a failed migration: did the domain move all the same (a lost reply)?"""
     try:
-        return source.state(domain) is None and hosts.Hypervisor(config, dst).state(domain) in LIVE_STATES
+        return source.state(domain) is None and dest.state(domain) in LIVE_STATES
     except DriverError:
         return False
 

@@ -1,9 +1,9 @@
 """``resize_disk <deploy_id> <disk_id> <size_mb> <b64 drv_message> <host> <vmid> <host>``
 (local: ``-l resize_disk=resize_disk-tweaks``), after the TM RESIZE line grew the volume:
-``virsh blockresize DOMAIN <target> <size>M`` on the host, so the running guest sees the
-new size. The target is the DISK's TARGET in oned's message, checked against the live
-domain (it must be ``disk.<disk_id>`` there). Re-runnable: resizing to the size the disk
-already has is a no-op for qemu.
+libvirt's block resize (``virsh blockresize DOMAIN <target> <size>M``) on the host through
+``onelib.hypervisor``, so the running guest sees the new size. The target is the DISK's
+TARGET in oned's message, checked against the live domain (it must be ``disk.<disk_id>``
+there). Re-runnable: resizing to the size the disk already has is a no-op for qemu.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import posixpath
 from onelib import log, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor
 
 from .. import domain_ops as ops
 from ..entry import VmmRequest
@@ -35,14 +36,14 @@ def run(req: VmmRequest) -> str:
     if disk is None:
         raise DriverError(f"VM {vm_id} has no disk {disk_id}")
     target = ops.target(xmldoc.text(disk, "TARGET"))
-    dom = ops.Domain(Config.load(), host, deploy_id)
-    live = dom.require()
+    dom = Hypervisor(Config.load(), host).domain(deploy_id)
+    live = dom.xml()
     found = next((d for d in ops.live_disks(live) if ops.disk_target(d) == target), None)
     if found is None:
         raise DriverError(f"{deploy_id} has no disk {target} (disk {disk_id})")
     source = ops.disk_source(found)
     if source and posixpath.basename(source) != f"disk.{disk_id}":
         raise DriverError(f"{target} of {deploy_id} is {source}, not disk.{disk_id}")
-    dom.virsh("blockresize", deploy_id, target, f"{size_mb}M")
+    dom.block_resize(target, size_mb * 1024 * 1024)
     log.info(f"VM {vm_id}: disk {disk_id} ({target}) resized to {size_mb} MB")
     return ""

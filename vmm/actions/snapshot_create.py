@@ -4,7 +4,7 @@ stdin the base64 driver message): one atomic group snapshot of the VM's volumes 
 
 - VMSNAPSHOT_LIMIT (VM, system datastore, configuration): a VM with that many snapshots
   gets no more (LIMIT n allows exactly n); nothing is made and the reason is one line.
-- Guest fsfreeze (``virsh domfsfreeze``/``domfsthaw`` on the host) around the snapshot
+- Guest fsfreeze (libvirt's fsFreeze/fsThaw, ``virsh domfsfreeze``/``domfsthaw``) around the snapshot
   when VMSNAPSHOT_FSFREEZE or FEATURES/GUEST_AGENT asks for it; a guest that cannot freeze
   is snapshotted unfrozen with an INFO line for the VM log.
 - Re-runnable: a group already taken for this snapshot id is reported again; a lost
@@ -17,6 +17,7 @@ import time
 
 from onelib import log
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor
 
 from .. import domain_ops as ops
 from .. import vmsnap
@@ -75,24 +76,16 @@ def run(req: VmmRequest) -> str:
 
 
 def _freeze(ctx: vmsnap.SnapContext) -> bool:
-    dom = ops.Domain(ctx.config, ctx.host, ctx.deploy_id)
     try:
-        code, _, err = dom.virsh("domfsfreeze", ctx.deploy_id, check=False, timeout=60)
+        Hypervisor(ctx.config, ctx.host).domain(ctx.deploy_id).fs_freeze()
     except DriverError as exc:
-        code, err = 1, str(exc)
-    if code != 0:
-        log.vm_log(ctx.vm_id, f"guest file systems not frozen ({ops.last_line(err)}): "
-                              "VM snapshot taken without fsfreeze")
+        log.vm_log(ctx.vm_id, f"guest file systems not frozen ({exc}): VM snapshot taken without fsfreeze")
         return False
     return True
 
 
 def _thaw(ctx: vmsnap.SnapContext) -> None:
-    dom = ops.Domain(ctx.config, ctx.host, ctx.deploy_id)
     try:
-        code, _, err = dom.virsh("domfsthaw", ctx.deploy_id, check=False, timeout=60)
+        Hypervisor(ctx.config, ctx.host).domain(ctx.deploy_id).fs_thaw()
     except DriverError as exc:
-        code, err = 1, str(exc)
-    if code != 0:
-        log.vm_log(ctx.vm_id, f"guest file systems not thawed ({ops.last_line(err)}): run virsh domfsthaw",
-                   severity="ERROR")
+        log.vm_log(ctx.vm_id, f"guest file systems not thawed ({exc}): run virsh domfsthaw", severity="ERROR")

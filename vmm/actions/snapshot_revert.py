@@ -5,10 +5,11 @@ restarted, as after a power cut at the moment of the snapshot (no memory image i
 1. Checks first, changing nothing: the group exists and covers every volume the VM has
    now (a disk attached after the snapshot has nothing to go back to: detach it first),
    and the host has the VM's deployment file (``<system_dir>/deployment.<N>``, the latest).
-2. ``virsh destroy`` of the domain (a paused domain is restarted paused).
+2. The domain destroyed (a paused domain is restarted paused).
 3. Every volume detached from the host, reverted to its snapshot, attached again: the
    device path, and so the ``disk.N`` links, stay the same.
-4. ``virsh create`` of the deployment file, keeping the domain's UUID (oned's DEPLOY_ID).
+4. The deployment file started again (``virsh create``), keeping the domain's UUID (oned's
+   DEPLOY_ID). libvirt is reached through ``onelib.hypervisor``; the files over ssh.
 
 Re-runnable: a run that stopped anywhere is completed by the next one (a missing domain is
 not an error, reverting again to the same snapshot gives the same data). When a revert
@@ -24,6 +25,7 @@ from lxml import etree
 
 from onelib import log, xmldoc
 from onelib.errors import DriverError
+from onelib.hypervisor import Hypervisor, vm_dir
 
 from .. import domain_ops as ops
 from .. import vmsnap
@@ -52,15 +54,14 @@ def run(req: VmmRequest) -> str:
             what = ", ".join(f"disk {v.disk_id}" if v.disk_id is not None else "NVRAM" for v in missing)
             raise DriverError(f"snapshot {raw_id} of VM {ctx.vm_id} has nothing for {what} "
                               f"(added after the snapshot): detach it before reverting")
-        dom = ops.Domain(ctx.config, ctx.host, ctx.deploy_id)
-        vm_dir = ops.system_dir(ctx.oned, ctx.host, ctx.config, ctx.ds_id, ctx.vm_id)
-        deployment = _latest_deployment(dom, vm_dir)
-        info = dom.info()
-        uuid = info.get("UUID", "") if info else (ctx.deploy_id if ops.is_uuid(ctx.deploy_id) else "")
-        state = info.get("State", "").lower() if info else ""
-        xml = _with_uuid(dom.shell.run(["cat", "--", deployment]).stdout, uuid, deployment)
-        if state in _RUNNING:
-            dom.virsh("destroy", ctx.deploy_id)
+        hv = Hypervisor(ctx.config, ctx.host)
+        deployment = _latest_deployment(hv, vm_dir(ctx.oned, ctx.host, ctx.config, ctx.ds_id, ctx.vm_id))
+        dom = hv.lookup(ctx.deploy_id)
+        uuid = dom.uuid if dom else (ctx.deploy_id if ops.is_uuid(ctx.deploy_id) else "")
+        state = dom.state() if dom else ""
+        xml = _with_uuid(hv.shell.run(["cat", "--", deployment]).stdout, uuid, deployment)
+        if dom is not None and state in _RUNNING:
+            dom.destroy()
         host = drv.host(ctx.host)
         names = [v.name for v in volumes]
         drv.backend.detach_many(names, host)
@@ -71,21 +72,20 @@ def run(req: VmmRequest) -> str:
             raise DriverError(f"VM {ctx.vm_id} not reverted to {raw_id} ({exc}); the VM is stopped: "
                               f"run the revert again") from None
         drv.backend.attach_many([(name, False) for name in names], host)
-        args = ["create", "/dev/stdin"] + (["--paused"] if state == "paused" else [])
-        dom.virsh(*args, input=xml)
+        hv.create(xml, paused=state == "paused")
         log.info(f"VM {ctx.vm_id}: reverted to {group.hypervisor_id} and started from {deployment}")
     return ""
 
 
-def _latest_deployment(dom: ops.Domain, vm_dir: str) -> str:
-    proc = dom.shell.run(["ls", "-1", "--", vm_dir], check=False)
+def _latest_deployment(hv: Hypervisor, vm_dir: str) -> str:
+    proc = hv.shell.run(["ls", "-1", "--", vm_dir], check=False)
     numbers = []
     for name in proc.stdout.decode(errors="replace").split():
         match = _DEPLOYMENT.fullmatch(name)
         if match:
             numbers.append(int(match.group(1)))
     if not numbers:
-        raise DriverError(f"no deployment file in {vm_dir} on {dom.host}: the VM cannot be started again")
+        raise DriverError(f"no deployment file in {vm_dir} on {hv.name}: the VM cannot be started again")
     return posixpath.join(vm_dir, f"deployment.{max(numbers)}")
 
 
