@@ -160,3 +160,50 @@ def test_the_deploy_path_imports_no_libvirt_binding(cloud: Cloud) -> None:
     modules = imported(apply.stderr)
     assert "tweaks.engine" in modules
     assert not {m for m in modules if m.split(".")[0] in ("libvirt", "libvirtmod")}
+
+
+# --- pre-flight of a migration -------------------------------------------------------------------
+
+MISSING_FEATURES = ("avx512f", "avx512vl", "la57", "amx-tile", "svm", "vmx")
+
+
+def preflight_domain(cpu: str = "", nvram: str = "") -> bytes:
+    os_extra = (f"<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+                f"<nvram template='{nvram}'>/var/lib/libvirt/qemu/nvram/x_VARS.fd</nvram>") if nvram else ""
+    return f"""<domain type='{"kvm" if kvm_available() else "qemu"}'>
+  <name>one-tweaks-preflight</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type>{os_extra}</os>{cpu}
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+</domain>""".encode()
+
+
+def test_preflight_asks_the_destination_libvirt(sshd: Sshd, libvirtd: object) -> None:
+    """The destination's real libvirtd (node1 through the test sshd) answers: a named CPU
+    model with a feature this CPU lacks is refused, so is a missing OVMF VARS template, and
+    the same domain without them passes."""
+    from livevm import host_cpu_flags
+    from lxml import etree
+
+    from onelib.preflight import reasons
+
+    missing = next(f for f in MISSING_FEATURES if f.replace("-", "_") not in host_cpu_flags())
+    with Hypervisor(config(sshd), "node1") as dest:
+        virt = "kvm" if kvm_available() else "qemu"
+        # what the host offers: its host-model CPU (named model and features) as a custom CPU
+        mode = dest.domain_capabilities(virttype=virt).find("cpu/mode[@name='host-model']")
+        offered = "".join(etree.tostring(el).decode() for el in mode if el.tag in ("model", "vendor", "feature"))
+        cpu = (f"<cpu mode='custom' match='exact' check='full'>{offered}"
+               f"<feature policy='require' name='{missing}'/></cpu>")
+        refused = reasons(etree.fromstring(preflight_domain(cpu=cpu)), dest)
+        assert len(refused) == 1, refused
+        assert refused[0].startswith("node1: the CPU the domain requires is not available: ") \
+            and missing in refused[0], refused
+        no_template = reasons(etree.fromstring(preflight_domain(nvram="/usr/share/OVMF/NOPE_VARS_4M.fd")), dest)
+        assert no_template == ["node1: NVRAM template /usr/share/OVMF/NOPE_VARS_4M.fd is missing"]
+        plain_cpu = cpu.replace(f"<feature policy='require' name='{missing}'/>", "")
+        assert reasons(etree.fromstring(preflight_domain(cpu=plain_cpu, nvram="/usr/share/OVMF/OVMF_VARS_4M.fd")),
+                       dest) == [], "every check holds"
+        huge = etree.fromstring(preflight_domain())
+        huge.find("memory").text = str(64 * 1024 * 1024)  # 64 TiB
+        (memory,) = reasons(huge, dest)
+        assert memory.startswith("node1: 67108864 MiB of memory needed, ") and memory.endswith(" MiB free")

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import contextlib
 
+from onelib import log, preflight, xmldoc
+from onelib.errors import Transient
+from onelib.hypervisor import Hypervisor, deploy_id
+
 from ..entry import TmRequest
 from ..migrate import Migration, attach_on, copy_dir, detach_from
 
@@ -18,6 +22,7 @@ def run(req: TmRequest) -> None:
     m = Migration(req)
     if m.src == m.dst:
         return
+    _preflight(m)
     try:
         if not m.shared:
             copy_dir(m.drv, m.src, m.dst, m.src_dir, m.dst_dir)
@@ -25,6 +30,25 @@ def run(req: TmRequest) -> None:
     except BaseException:
         _undo(m)
         raise
+
+
+def _preflight(m: Migration) -> None:
+    """The destination's libvirt checks the running domain before anything moves (see
+    ``onelib.preflight``); a source whose libvirt cannot tell (no such domain, not
+    reachable) leaves the check to migrate-tweaks."""
+    name = xmldoc.text(m.vm, "DEPLOY_ID")
+    if not name:
+        return
+    with Hypervisor(m.drv.config, m.src) as src:
+        try:
+            dom = src.lookup(deploy_id(name))
+        except Transient as exc:
+            log.info(f"VM {m.vm_id}: pre-flight skipped: {exc}")
+            return
+        if dom is None:
+            return
+        with Hypervisor(m.drv.config, m.dst) as dest:
+            preflight.check(dom.xml(), dest, m.vm_id)
 
 
 def _undo(m: Migration) -> None:

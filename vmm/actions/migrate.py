@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from onelib import log, xmldoc
+from onelib import log, preflight, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
 from onelib.hypervisor import (
@@ -83,6 +83,7 @@ def run(req: VmmRequest) -> None:
             return
         raise DriverError(f"domain {domain} is on neither {src} nor {dst}")
     live = dom.xml()
+    preflight.check(live, dest, vm)  # before anything moves: CPU, machine, firmware, memory
     unsafe = uncached(live)
     lv = binding()
     flags, params = migrate_options(config.get("MIGRATE_OPTIONS"))
