@@ -2,7 +2,8 @@
 image disks as oned writes them on an rbd datastore (``<disk type='network'>``), the volatile
 disk turned into its RBD volume by volatile_network from the facts a network backend supplies,
 the disk tweaks (driver cache, serial, virtio-blk queues, iothreads) on those network disks,
-and what qemu got for each (QMP ``query-block``, ``virsh dumpxml``). The context ISO stays a
+and what qemu got for each (QMP ``query-block``, ``virsh dumpxml``); the same VM's UEFI NVRAM
+is an RBD image too (os_nvram, started paused under TCG). The context ISO stays a
 file in the VM directory (as OpenNebula's ceph driver keeps it).
 
 UEFI NVRAM on RBD: os_nvram (T_OS_NVRAM=storpool, the storage driver's volume) with the NVRAM
@@ -109,7 +110,8 @@ def network_disk(disk: etree._Element, name: str, ceph: CephCluster, secret: str
 
 
 def rbd_vm() -> bytes:
-    root = etree.fromstring(vm_xml({"T_BLK_QUEUES": "yes", "T_DISKSERIAL": "yes"}))
+    root = etree.fromstring(vm_xml({"T_BLK_QUEUES": "yes", "T_DISKSERIAL": "yes", "T_OS_LOADER": OVMF_CODE,
+                                    "T_OS_NVRAM": "storpool"}))
     for disk in root.iterfind("TEMPLATE/DISK"):
         disk.find("TM_MAD").text = "rbd"
     root.find("HISTORY_RECORDS/HISTORY/TM_MAD").text = "rbd"
@@ -129,13 +131,16 @@ def oned_domain(ceph: CephCluster, secret: str, vda: str, sda: str) -> bytes:
     return etree.tostring(root)
 
 
-def facts(ceph: CephCluster, secret: str, vdb: str, vda: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def facts(ceph: CephCluster, secret: str, vdb: str, vda: str,
+          nvram: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """What a network backend supplies for this VM (``Backend.facts`` in the generic keys)."""
     common = {"storage_form": "network", "storage_protocol": "rbd", "storage_hosts": f"127.0.0.1:{ceph.mon_v1}",
               "storage_user": "admin", "storage_secret": secret, "storage_secret_type": "ceph"}
     disks = {"0": dict(common, storage_name=vda), "1": {"storage_form": "network"},
              "2": dict(common, storage_name=vdb), "3": {"storage_form": "network"}}
-    scalars = {"storage.tm_mads": "rbd", "storage.block_tm_mads": "", "storage.network_tm_mads": "rbd"}
+    scalars = {"storage.tm_mads": "rbd", "storage.block_tm_mads": "", "storage.network_tm_mads": "rbd",
+               **{f"storage.nvram_{key.removeprefix('storage_')}": value for key, value in common.items()
+                  if key != "storage_form"}, "storage.nvram_name": nvram}
     return scalars, disks
 
 
@@ -178,14 +183,18 @@ def test_vm_on_rbd_starts_with_its_network_disks(ceph: CephCluster, ceph_secret:
     vda = images.create(f"one/one-img-7-{VM_ID}-0", 64)
     sda = images.create("one/one-img-8", 32)
     vdb = images.create(f"one-sys/one-sys-{VM_ID}-2", 16)
+    nvram = images.import_file(VARS_TEMPLATE, f"one-sys/one-sys-{VM_ID}-nvram")
     context = tmp_path / "disk.3"
     context.write_bytes(b"\0" * 4096)
-    tree = tweak(oned_domain(ceph, ceph_secret, vda, sda), facts(ceph, ceph_secret, vdb, vda))
+    tree = tweak(oned_domain(ceph, ceph_secret, vda, sda), facts(ceph, ceph_secret, vdb, vda, nvram))
     disk = tree.getroot().xpath("devices/disk[target/@dev='vdb']")[0]
     assert disk.get("type") == "network"
     assert disk.find("source").get("name") == vdb and disk.find("auth/secret").get("uuid") == ceph_secret
     assert tree.getroot().xpath("devices/disk[target/@dev='hda']")[0].get("type") == "file"
-    xml = startable(tree, context, uefi=False, accel="kvm" if Path("/dev/kvm").exists() else "tcg")
+    assert tree.getroot().find("os/nvram").get("type") == "network"
+    xml_root = etree.fromstring(startable(tree, context, uefi=True, accel="tcg"))  # OVMF runs under TCG only
+    xml_root.replace(xml_root.find("os"), copy.deepcopy(tree.getroot().find("os")))
+    xml = etree.tostring(xml_root)
     assert_valid(xml)
     name = live.start(xml, paused=True)
 
@@ -211,8 +220,12 @@ def test_vm_on_rbd_starts_with_its_network_disks(ceph: CephCluster, ceph_secret:
     for dev in ("vda", "vdb"):
         driver = live_xml.xpath("devices/disk[target/@dev=$d]/driver", d=dev)[0]
         assert driver.get("queues") == "2" and driver.get("iothread"), dev
-    qdevs = {d["qdev"] for d in qmp(name, "query-block") if d.get("qdev")}
-    assert qdevs, "qemu reports no block devices"
+    # the NVRAM is the RBD image too (qemu's pflash1 on an rbd blockdev)
+    live_nvram = live_xml.find("os/nvram")
+    assert live_nvram.get("type") == "network" and live_nvram.find("source").get("name") == nvram
+    pflash = [str(v["file"]) for k, v in blocks.items() if "pflash1" in k or "pflash1" in str(v.get("node-name", ""))]
+    flash_nodes = [str(v["file"]) for v in blocks.values() if '"driver": "rbd"' in str(v["file"])]
+    assert any(nvram.partition("/")[2] in f for f in pflash + flash_nodes), sorted(blocks)
     live.destroy(name)
 
 
