@@ -642,9 +642,9 @@ def migrate_options(raw: str) -> tuple[int, dict[str, Any]]:
                     raise DriverError(f"configuration MIGRATE_OPTIONS: {name} needs a value")
                 value = words[i]
             param, kind = _MIGRATE_PARAMS[name]
-            if kind is int and not value.isdigit():
-                raise DriverError(f"configuration MIGRATE_OPTIONS: {name} {value!r} is not a number")
-            params[getattr(lv, param)] = int(value) if kind is int else value
+            number = numbers.whole(value, f"configuration MIGRATE_OPTIONS: {name}", unit="a number") \
+                if kind is int else 0
+            params[getattr(lv, param)] = number if kind is int else value
         elif name not in _IGNORED:
             raise DriverError(f"configuration MIGRATE_OPTIONS: {word!r} is not a virsh migrate option "
                               "one-tweaks passes to libvirt")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from lxml import etree
 
-from . import xmldoc
+from . import numbers, xmldoc
 from .config import Config
 from .errors import DriverError
 from .hypervisor import Hypervisor, deploy_id, vm_id
@@ -68,13 +68,14 @@ def _memory(domain: etree._Element, dest: Hypervisor) -> list[str]:
     unit = {"b": 1, "bytes": 1, "k": KIB, "kib": KIB, "m": KIB**2, "mib": KIB**2, "g": KIB**3, "gib": KIB**3}
     el = domain.find("currentMemory") if domain.find("currentMemory") is not None else domain.find("memory")
     raw = (el.text or "").strip() if el is not None else ""
-    if el is None or not raw.isdigit():
+    if el is None or not numbers.is_whole(raw):
         return []
     need = int(raw) * unit.get(el.get("unit", "KiB").lower(), KIB)
     pages = domain.find("memoryBacking/hugepages")
     if pages is not None:
         page = pages.find("page")
-        size_kib = int(page.get("size", "2048")) if page is not None and page.get("size", "").isdigit() else 2048
+        size = page.get("size", "") if page is not None else ""
+        size_kib = int(size) if numbers.is_whole(size) else 2048
         free = dest.free_pages(size_kib) * size_kib * KIB
         if free < need:
             return [f"{dest.name}: {need // KIB**2} MiB of {size_kib} KiB hugepages needed, "

@@ -192,6 +192,16 @@ def test_attach_nic_virtio_queues(cloud: Cloud, raw: str) -> None:
     assert not any("virsh" in cmd for _, cmd in cloud.ssh_commands())
 
 
+def test_migrate_options_numbers() -> None:
+    """onelib/hypervisor.py: a number in MIGRATE_OPTIONS (the configuration)."""
+    from onelib.errors import DriverError
+    from onelib.hypervisor import migrate_options
+
+    with pytest.raises(DriverError) as exc:
+        migrate_options(f"--bandwidth={LONG}")
+    assert str(exc.value) == refused("configuration MIGRATE_OPTIONS: --bandwidth", LONG, "a number", 0, 2**63 - 1)
+
+
 # --- syslog ----------------------------------------------------------------------------------------
 
 
