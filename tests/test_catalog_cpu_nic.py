@@ -456,7 +456,7 @@ def test_shares_cap(tmp_path):
                  "      multiplier: {from: user.T_CPUTUNE_MUL, default: 0.1}\n      max: 2000\n")
     outcome = apply(deployment(), vm_xml({"T_CPUTUNE_SHARES": "4000"}), dirs)
     assert status(outcome, "cpu-shares") == SKIPPED
-    assert any("T_CPUTUNE_SHARES=4000: gives 4000 CPU shares, more than the allowed 2000" in w
+    assert any("T_CPUTUNE_SHARES='4000': gives 4000 CPU shares, more than the allowed 2000" in w
                for w in outcome.report.warnings), outcome.report.warnings
     outcome = apply(deployment(), vm_xml(), dirs)  # rule default: ceil(4 x 0.1 x 1024) = 410
     assert outcome.tree.getroot().findtext("cputune/shares") == "410"

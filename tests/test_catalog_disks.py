@@ -529,8 +529,38 @@ def test_disk_serial_skips_disks_that_are_not_the_vms(assert_valid):
     assert_valid(outcome.tree)
 
 
-@pytest.mark.parametrize("value", [*HOSTILE, "disabled", "1", "hash path"])
-def test_disk_serial_hostile_values(value, assert_valid):
+def _serials(outcome: engine.Outcome) -> list[str | None]:
+    return [s.text for s in outcome.tree.getroot().iterfind("devices/disk/serial")]
+
+
+@pytest.mark.parametrize("value", ["ENABLED", "enabled", "1", "On", "0", "anything", "hash path", "YES", "-1",
+                                   "$(reboot)", "../../etc/passwd", "yes<serial>x</serial>", "']]><x>"])
+def test_disk_serial_on_for_every_value_but_disabled(value, assert_valid):
+    """addon-storpool turns serials on for every T_DISKSERIAL but DISABLED (its
+    disk-serial.py compares the upper-cased value with DISABLED and HASHPATH only):
+    templates written for it keep their serials. The value itself never reaches the XML."""
+    outcome = apply(deployment(), vm_xml({"T_DISKSERIAL": value}))
+    assert status(outcome, "disk-serial") == APPLIED, outcome.report.warnings
+    assert out_bytes(outcome) == out_bytes(apply(deployment(), vm_xml({"T_DISKSERIAL": "yes"})))
+    assert_valid(outcome.tree)
+
+
+@pytest.mark.parametrize("value", ["DISABLED", "disabled", "Disabled", "no", "NO"])
+def test_disk_serial_disabled(value):
+    outcome = apply(deployment(), vm_xml({"T_DISKSERIAL": value}))
+    assert not _serials(outcome)
+    assert out_bytes(outcome) == out_bytes(apply(deployment(), vm_xml()))
+
+
+@pytest.mark.parametrize("value", ["HASHPATH", "hashpath", "HashPath"])
+def test_disk_serial_hashpath_any_case(value):
+    outcome = apply(deployment(), vm_xml({"T_DISKSERIAL": value}))
+    assert out_bytes(outcome) == out_bytes(apply(deployment(), vm_xml({"T_DISKSERIAL": "hashpath"})))
+    assert _serials(outcome)
+
+
+@pytest.mark.parametrize("value", ["", " ", "\u202e2", "a" * 600, "yes\u200b"])
+def test_disk_serial_unreadable_values_skip(value, assert_valid):
     outcome = apply(deployment(), vm_xml({"T_DISKSERIAL": value}))
     assert_skipped_with_warning(outcome, "disk-serial", "T_DISKSERIAL")
     assert out_bytes(outcome) == out_bytes(apply(deployment(), vm_xml()))
@@ -542,11 +572,16 @@ def test_disk_serial_hostile_values(value, assert_valid):
 def test_disk_serial_fuzz(assert_valid, value):
     outcome = apply(deployment(), vm_xml({"T_DISKSERIAL": value}))
     assert_valid(outcome.tree)
-    serials = [s.text for s in outcome.tree.getroot().iterfind("devices/disk/serial")]
+    serials = _serials(outcome)
     assert all(re.fullmatch(r"[0-9a-f]{20}", s or "") for s in serials)
-    if value.strip().lower() not in ("yes", "hashpath", "no"):
+    text = value.strip()
+    if not text or not text.isprintable() or len(text) > 64:
         assert_skipped_with_warning(outcome, "disk-serial", "T_DISKSERIAL")
         assert not serials
+    elif text.lower() in ("no", "disabled"):
+        assert not serials
+    else:
+        assert serials
 
 
 # --- ioeventfd -----------------------------------------------------------------------------------

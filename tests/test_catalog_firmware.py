@@ -361,6 +361,30 @@ def test_loader_allowlist_never_from_the_vm(tmp_path):  # type: ignore[no-untype
     assert outcome.tree.getroot().find("os/loader") is None
 
 
+ADDON_OVMF = "/var/tmp/one/OVMF"
+
+
+@pytest.mark.parametrize("shipped", [True, False])
+def test_loader_in_the_addons_ovmf_directory(shipped, tmp_path, assert_valid):  # type: ignore[no-untyped-def]
+    """addon-storpool documents T_OS_LOADER=/var/tmp/one/OVMF/OVMF_CODE.fd (it ships OVMF in
+    the remotes): the shipped rule and the tweak's own default allowlist both accept it, so
+    a UEFI VM keeps its firmware and T_OS_NVRAM (which needs a loader) is not skipped."""
+    rules = None if shipped else extra_rule(
+        tmp_path, "61-os-loader.yaml",
+        "name: os-loader\ntweaks:\n  - os_loader:\n      loader: {from: user.T_OS_LOADER}\n")
+    data = vm({"T_OS_LOADER": f"{ADDON_OVMF}/OVMF_CODE.fd",
+               "T_OS_NVRAM": f"storpool:template={ADDON_OVMF}/OVMF_VARS.fd"})
+    outcome = apply(domain(uefi=False), data, rules)
+    assert_valid(outcome.tree)
+    assert not outcome.report.warnings
+    assert result(outcome, "os-loader").status == APPLIED
+    assert result(outcome, "os-nvram").status == APPLIED
+    os_el = outcome.tree.getroot().find("os")
+    assert flat(os_el.find("loader")) == f'<loader readonly="yes" type="pflash">{ADDON_OVMF}/OVMF_CODE.fd</loader>'
+    assert flat(os_el.find("nvram")) == '<nvram type="block"><source dev="/dev/storpool/one-sys-42-NVRAM"/></nvram>'
+    assert_idempotent(outcome, data)
+
+
 def test_loader_native_wins_over_rule_default(tmp_path):  # type: ignore[no-untyped-def]
     rules = extra_rule(tmp_path, "61-os-loader.yaml",
                        "name: os-loader\ntweaks:\n  - os_loader:\n"
@@ -843,20 +867,65 @@ def test_hyperv_time_is_the_hypervclock_and_crash_a_panic_device(assert_valid): 
     assert off.tree.getroot().find("devices/panic") is None
 
 
-@pytest.mark.parametrize(("user", "attribute"), [
-    ({"T_HV_STIMER": "on"}, "T_HV_STIMER"),
-    ({"T_HV_SYNIC": "on"}, "T_HV_SYNIC"),
-    ({"T_HV_TLBFLUSH": "on"}, "T_HV_TLBFLUSH"),
-    ({"T_HV_IPI": "on"}, "T_HV_IPI"),
-    ({"T_HV_VAPIC": "off", "T_HV_EVMCS": "on"}, "T_HV_EVMCS"),
-    ({"T_HV_STIMER": "on", "T_HV_SYNIC": "on", "T_HV_VPINDEX": "on"}, "T_HV_STIMER"),
+HYPERVCLOCK = '<clock offset="utc"><timer name="hypervclock" present="yes"/></clock>'
+
+
+@pytest.mark.parametrize(("user", "added", "hyperv", "notes"), [
+    ({"T_HV_SYNIC": "on"}, "vpindex", '<vpindex state="on"/><synic state="on"/><frequencies state="on"/>',
+     ["hv-vpindex on: QEMU needs it for hv-synic"]),
+    ({"T_HV_STIMER": "on"}, "synic, vpindex, time",
+     '<vpindex state="on"/><synic state="on"/><stimer state="on"/><frequencies state="on"/>',
+     ["hv-synic on: QEMU needs it for hv-stimer", "hv-time on: QEMU needs it for hv-stimer",
+      "hv-vpindex on: QEMU needs it for hv-synic"]),
+    ({"T_HV_TLBFLUSH": "on"}, "vpindex", '<vpindex state="on"/><frequencies state="on"/><tlbflush state="on"/>',
+     ["hv-vpindex on: QEMU needs it for hv-tlbflush"]),
+    ({"T_HV_IPI": "1"}, "vpindex", '<vpindex state="on"/><frequencies state="on"/><ipi state="on"/>',
+     ["hv-vpindex on: QEMU needs it for hv-ipi"]),
+    ({"T_HV_STIMER": "on", "T_HV_SYNIC": "on", "T_HV_VPINDEX": "on"}, "time",
+     '<vpindex state="on"/><synic state="on"/><stimer state="on"/><frequencies state="on"/>',
+     ["hv-time on: QEMU needs it for hv-stimer"]),
 ])
-def test_hyperv_dependencies(user, attribute, assert_valid):  # type: ignore[no-untyped-def]
+def test_hyperv_adds_what_qemu_needs(user, added, hyperv, notes, assert_valid):  # type: ignore[no-untyped-def]
+    """An enlightenment without its dependencies gets them (QEMU refuses to start
+    otherwise), the VM's other T_HV_* stay, and --explain says what was added."""
+    data = hyperv_vm({**user, "T_HV_FREQUENCIES": "on"})
+    outcome = run(vm_data=data, dom=domain(hyperv=True))
+    assert_valid(outcome.tree)
+    res = result(outcome, "hyperv")
+    assert res.status == APPLIED, (res.status, res.reason)
+    root = outcome.tree.getroot()
+    got = flat(root.find("features/hyperv"))
+    assert got == HV_BASE.format(hyperv)
+    if "time" in added:
+        assert flat(root.find("clock")) == HYPERVCLOCK
+    for note in notes:
+        assert f"turned {note}" in res.reason, res.reason
+    assert not outcome.report.warnings
+    assert_idempotent(outcome, data)
+
+
+def test_hyperv_evmcs_turns_vapic_on(assert_valid):  # type: ignore[no-untyped-def]
+    dom = domain(features="<hyperv><relaxed state='on'/></hyperv>")
+    outcome = run(vm_data=hyperv_vm({"T_HV_EVMCS": "on"}), dom=dom)
+    assert_valid(outcome.tree)
+    assert flat(outcome.tree.getroot().find("features/hyperv")) == (
+        '<hyperv><relaxed state="on"/><vapic state="on"/><evmcs state="on"/></hyperv>')
+    assert "turned hv-vapic on: QEMU needs it for hv-evmcs" in result(outcome, "hyperv").reason
+
+
+@pytest.mark.parametrize(("user", "attribute"), [
+    ({"T_HV_VAPIC": "off", "T_HV_EVMCS": "on"}, "T_HV_EVMCS"),
+    ({"T_HV_SYNIC": "on", "T_HV_VPINDEX": "off"}, "T_HV_SYNIC"),
+    ({"T_HV_STIMER": "on", "T_HV_TIME": "no"}, "T_HV_STIMER"),
+])
+def test_hyperv_dependency_turned_off_by_the_vm(user, attribute, assert_valid):  # type: ignore[no-untyped-def]
+    """Only a contradiction the VM itself asks for skips the rule (as written in the warning)."""
     dom = domain(hyperv=True)
     data = hyperv_vm(user)
     outcome = run(vm_data=data, dom=dom)
     assert_valid(outcome.tree)
     assert_skipped(outcome, "hyperv", attribute, dom, data)
+    assert any(f"{attribute}='{user[attribute]}'" in w for w in outcome.report.warnings), outcome.report.warnings
 
 
 def test_hyperv_turning_off_a_needed_feature(assert_valid):  # type: ignore[no-untyped-def]

@@ -115,6 +115,36 @@ def test_bad_user_value_warns_but_exits_zero(files):
     )
 
 
+@pytest.mark.parametrize("field", ["VCPU", "CPU", "MEMORY"])
+@pytest.mark.parametrize("value", ["1e400", "nan", "inf", "-inf", "12345678901234567890"])
+def test_unusable_numbers_in_the_vm_document_warn_and_deploy(files, field, value):
+    """CPU/VCPU/MEMORY of the VM document that no VM has (an infinity, NaN, 20 digits)
+    are bad input: one warning naming the attribute as written, the deploy goes on
+    (exit 0), never an internal error (exit 70)."""
+    dom, vm = files
+    template = {field: value, "VCPU": "2"} if field == "CPU" else {field: value}
+    vm.write_bytes(vm_xml({"T_CPU_SOCKETS": "2", "T_NIC_QUEUES": "vcpu"}, template=template))
+    proc = run_cli("apply", str(dom), "--vm", str(vm), "--explain")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert f"one-tweaks: VM 42: TEMPLATE/{field}='{value}' is not a" in err
+    assert etree.fromstring(proc.stdout).tag == "domain"
+
+
+@pytest.mark.parametrize(("tag", "value"), [("vcpu", "1e400"), ("vcpu", "9" * 25), ("memory", "9" * 400),
+                                            ("memory", "nan")])
+def test_unusable_numbers_in_the_domain_do_not_crash(files, tag, value):
+    dom, vm = files
+    root = etree.fromstring(dom.read_bytes(), etree.XMLParser(strip_cdata=False))
+    root.find(tag).text = value
+    dom.write_bytes(etree.tostring(root))
+    vm.write_bytes(vm_xml({"T_CPU_SOCKETS": "2", "T_MEMORY_MAX": "8192", "T_VCPU_MAX": "8", "T_SCSI_QUEUES": "vcpu"}))
+    proc = run_cli("apply", str(dom), "--vm", str(vm))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "internal error" not in proc.stderr.decode()
+
+
 def test_check_ok_and_problems(tmp_path):
     proc = run_cli("check")
     assert proc.returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import apply, deployment, domain_with_vcpu, vm_xml, xml_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -179,6 +180,32 @@ def test_cpu_mode_is_really_applied(assert_valid):
     root, _ = tweak({"T_CPU_MODE": "host-model", "T_CPU_CHECK": "none"})
     assert (root.find("cpu").get("mode"), root.find("cpu").get("check")) == ("host-model", "none")
     assert_valid(etree.ElementTree(root))
+
+
+@pytest.mark.parametrize("word", ["delete", "DELETE", "Delete"])
+def test_cpu_mode_check_match_delete_removes_the_attribute(word, assert_valid):
+    """addon-storpool's documented keyword: T_CPU_MODE/T_CPU_CHECK/T_CPU_MATCH=delete
+    removes that attribute of <cpu>; a second run changes nothing."""
+    src = deployment().replace(b"<cpu mode='host-passthrough'>",
+                               b"<cpu mode='custom' match='exact' check='partial'><model>qemu64</model>")
+    user = {"T_CPU_MODE": word, "T_CPU_CHECK": word, "T_CPU_MATCH": word}
+    root, outcome = tweak(user, domain=src)
+    assert status(outcome, "cpu-mode") == APPLIED, outcome.report.warnings
+    cpu = root.find("cpu")
+    assert dict(cpu.attrib) == {} and cpu.findtext("model") == "qemu64"
+    assert_valid(etree.ElementTree(root))
+    again = apply(etree.tostring(root), vm_xml(user, vcpu=4))
+    assert status(again, "cpu-mode") == "unchanged"
+    only, _ = tweak({"T_CPU_CHECK": word}, domain=src)
+    assert dict(only.find("cpu").attrib) == {"mode": "custom", "match": "exact"}
+
+
+def test_cpu_mode_delete_without_cpu_adds_nothing():
+    src = deployment()
+    start, end = src.index(b"<cpu mode"), src.index(b"</cpu>") + len(b"</cpu>")
+    root, outcome = tweak({"T_CPU_MODE": "delete"}, domain=src[:start] + src[end:])
+    assert root.find("cpu") is None
+    assert status(outcome, "cpu-mode") == "unchanged"
 
 
 # --- video -----------------------------------------------------------------------------------

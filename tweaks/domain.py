@@ -12,22 +12,28 @@ def vcpu_count(root: etree._Element) -> int | None:
     el = root.find("vcpu")
     if el is None or el.text is None:
         return None
-    try:
-        return int(el.text.strip())
-    except ValueError:
-        return None
+    return _bounded(el.text, MAX_VCPUS)
 
 
 def memory_kib(root: etree._Element) -> int | None:
     el = root.find("memory")
     if el is None or el.text is None:
         return None
-    scale = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024,
-             "mib": 1024, "mb": 1000**2 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1000**3 / 1024}
-    try:
-        return int(int(el.text.strip()) * scale.get(el.get("unit", "KiB").lower(), 1))
-    except ValueError:
+    return to_kib(el.text, el.get("unit"))
+
+
+# Beyond these a domain is no real VM (QEMU's vCPU limit is 4096, 16 EiB is 2**54 KiB);
+# such a value reads as unreadable, so no tweak loops over it or overflows a float.
+MAX_VCPUS = 4096
+MAX_KIB = 1 << 54
+
+
+def _bounded(text: str, high: int) -> int | None:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         return None
+    value = int(text)
+    return value if 1 <= value <= high else None
 
 
 def is_virtio_disk(disk: etree._Element) -> bool:
@@ -73,10 +79,11 @@ def to_kib(text: str | None, unit: str | None) -> int | None:
     factor = _UNIT_KIB.get((unit or "KiB").lower())
     if text is None or factor is None:
         return None
-    try:
-        return int(int(text.strip()) * factor)
-    except ValueError:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         return None
+    kib = int(int(text) * factor)
+    return kib if kib <= MAX_KIB else None
 
 
 def element_kib(el: etree._Element | None) -> int | None:
@@ -88,10 +95,7 @@ def vcpu_current(root: etree._Element) -> int | None:
     """vCPUs online at boot: ``<vcpu current=...>``, else the ``<vcpu>`` count."""
     el = root.find("vcpu")
     if el is not None and el.get("current") is not None:
-        try:
-            return int(el.get("current", ""))
-        except ValueError:
-            return None
+        return _bounded(el.get("current", ""), MAX_VCPUS)
     return vcpu_count(root)
 
 

@@ -102,6 +102,7 @@ def apply_rules(
     pristine = copy.deepcopy(domain.getroot())
 
     report = _run(rules, facts, editor, None, moment)
+    problems = [f"VM {facts.vm_id}: {problem}" for problem in facts.problems]
     if any(r.status == APPLIED for r in report.results):
         final = schema.errors(domain)
         if final is None:
@@ -115,6 +116,7 @@ def apply_rules(
             report.validation = "ok"
     report.normalized = normalized
     report.moment = moment
+    report.warnings[:0] = problems
     if warn is not None:
         for line in report.warnings:
             warn(line)
@@ -225,6 +227,6 @@ def _plan(rule: Rule, facts: Facts, editor: Editor) -> list[tuple[str, Context |
             plans.append((f"{call.tweak}: {', '.join(resolved.missing)}", None))
             continue
         ctx = Context(tweak=call.tweak, editor=editor, facts=facts, params=resolved.values,
-                      origins=resolved.origins, sources=resolved.sources)
+                      origins=resolved.origins, sources=resolved.sources, raws=resolved.raws)
         plans.append((call.tweak, ctx))
     return plans

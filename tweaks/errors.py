@@ -24,10 +24,20 @@ class ParamError(TweakError):
     def describe(self) -> str:
         if self.source is None:
             return str(self)
-        shown = _short_repr(self.value)
-        return f"{self.source}={shown}: {self}"
+        return f"{self.source}={shown(self.value)}: {self}"
 
 
-def _short_repr(value: object, limit: int = 60) -> str:
-    text = repr(value)
+def shown(value: object, limit: int = 60) -> str:
+    """A value as its author wrote it, for messages: text quoted (control characters
+    escaped by ``repr``), YAML scalars as they are, and never a Python object's repr."""
+    if isinstance(value, str):
+        text = repr(value)
+    elif value is None or isinstance(value, (bool, int, float)):
+        text = str(value)
+    elif type(value).__str__ is not object.__str__:
+        text = repr(str(value))  # e.g. a parsed name list prints as the text it came from
+    elif type(value).__repr__ is not object.__repr__:
+        text = repr(value)  # a YAML list or mapping from a rule file
+    else:
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

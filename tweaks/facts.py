@@ -61,6 +61,8 @@ SUPPLIED_DISK_PREFIX = "storage_"
 
 Supplied = tuple[dict[str, str], dict[str, dict[str, str]]]  # (scalars, disk id -> disk facts)
 Supplier = Callable[["etree._Element | None", "etree._Element | None"], Supplied]
+MAX_VCPU = 4096
+MAX_MEMORY = 1 << 40  # MiB: a VM document's MEMORY beyond this is no real VM
 
 
 def is_list_fact(name: str) -> bool:
@@ -83,6 +85,9 @@ class Facts:
     disks: list[dict[str, str]] = field(default_factory=list)
     nics: list[dict[str, str]] = field(default_factory=list)
     controllers: list[str] = field(default_factory=list)
+    # Values of the VM document that are not what they must be (VCPU=1e400): each is left
+    # out of the facts and reported as a warning, and the deploy goes on.
+    problems: list[str] = field(default_factory=list)
     # asked once for the supplied facts when a rule first wants one (None: supplied already)
     supplier: Callable[[], Supplied | None] | None = None
 
@@ -216,11 +221,13 @@ def from_documents(vm: etree._Element | None, domain: etree._Element | None) -> 
                 value = _text(last.find(tag))
                 if value is not None:
                     s[f"history.{key}"] = value
-        s["vm.vcpu"] = str(_vcpu(s))
-        if "template.CPU" in s:
-            s["vm.cpu"] = s["template.CPU"]
-        if "template.MEMORY" in s:
-            s["vm.memory"] = s["template.MEMORY"]
+        s["vm.vcpu"] = str(_vcpu(s, facts.problems))
+        for key, name, high in (("template.CPU", "vm.cpu", MAX_VCPU), ("template.MEMORY", "vm.memory", MAX_MEMORY)):
+            raw = s.get(key)
+            if raw is not None and _number(raw, high) is None:
+                facts.problems.append(f"{describe(key)}={_shown(raw)} is not a number 0..{high}; {name} left unset")
+            elif raw is not None:
+                s[name] = raw
         for entry in facts.disks:
             if entry["kind"] == "context":
                 # The context CD-ROM lives on the system datastore: its driver is the history's.
@@ -231,16 +238,27 @@ def from_documents(vm: etree._Element | None, domain: etree._Element | None) -> 
     return facts
 
 
-def _vcpu(s: dict[str, str]) -> int:
+def _number(raw: str, high: int) -> float | None:
+    """``raw`` as a finite number in 0..high, else None (``1e400``, ``nan``, 20 digits)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 <= value <= high else None  # NaN fails both comparisons
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:37] + "...")
+
+
+def _vcpu(s: dict[str, str], problems: list[str]) -> int:
     for key in ("template.VCPU", "template.CPU"):
         raw = s.get(key)
         if raw:
-            try:
-                value = math.ceil(float(raw))
-            except ValueError:
-                continue
-            if 1 <= value <= 4096:
-                return value
+            number = _number(raw, MAX_VCPU)
+            if number is not None and number > 0:
+                return math.ceil(number)
+            problems.append(f"{describe(key)}={_shown(raw)} is not a vCPU count 1..{MAX_VCPU}")
     return 1
 
 

@@ -102,6 +102,9 @@ class Resolved:
     origins: dict[str, str]
     sources: dict[str, str]
     missing: list[str]
+    # Each value as its author wrote it (the VM attribute's text, the rule's literal),
+    # so that messages quote that and never the parsed form (True for "on", objects).
+    raws: dict[str, object] = field(default_factory=dict)
 
 
 def needs(tweak: Tweak, raw_params: dict[str, Any]) -> list[list[str]]:
@@ -135,6 +138,7 @@ def resolve(tweak: Tweak, raw_params: dict[str, Any], facts: Facts | None) -> Re
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     sources: dict[str, str] = {}
+    raws: dict[str, object] = {}
     missing: list[str] = []
     for param in tweak.params:
         spec = raw_params.get(param.name)
@@ -157,27 +161,32 @@ def resolve(tweak: Tweak, raw_params: dict[str, Any], facts: Facts | None) -> Re
                 user_value = chosen.startswith(("user.", "template."))
                 origins[param.name] = ORIGIN_VM if user_value else ORIGIN_RULE
                 sources[param.name] = source
+                raws[param.name] = value
                 if facts is not None:
                     continue
             if "default" in spec:
                 values[param.name] = _parse_literal(param.name, param, spec["default"])
                 origins[param.name] = ORIGIN_RULE
                 sources[param.name] = f"rule parameter {param.name}"
+                raws[param.name] = spec["default"]
             elif param.default is not None:
                 values[param.name] = param.default
                 origins[param.name] = ORIGIN_TWEAK
+                raws[param.name] = param.default
             else:
                 missing.append(f"{param.name} ({' / '.join(describe(f) for f in source_facts(spec))} not set)")
         elif spec is not None:
             values[param.name] = _parse_literal(param.name, param, spec)
             origins[param.name] = ORIGIN_RULE
             sources[param.name] = f"rule parameter {param.name}"
+            raws[param.name] = spec
         elif param.default is not None:
             values[param.name] = param.default
             origins[param.name] = ORIGIN_TWEAK
+            raws[param.name] = param.default
         else:
             missing.append(f"{param.name} (no value)")
-    return Resolved(values, origins, sources, missing)
+    return Resolved(values, origins, sources, missing, raws)
 
 
 def _parse_literal(name: str, param: Any, raw: Any) -> Any:

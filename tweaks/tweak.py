@@ -35,6 +35,7 @@ class Context:
     origins: dict[str, str]
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    raws: dict[str, object] = field(default_factory=dict)
 
     @property
     def root(self) -> etree._Element:
@@ -45,8 +46,13 @@ class Context:
         return self.origins.get(name) == ORIGIN_VM
 
     def reject(self, name: str, message: str) -> ParamError:
-        """A ParamError for a value that parsed but does not fit this VM (e.g. > vCPUs)."""
-        return ParamError(message, self.sources.get(name, f"parameter {name}"), self.params.get(name))
+        """A ParamError for a value that parsed but does not fit this VM (e.g. > vCPUs);
+        it quotes the value as written, not its parsed form."""
+        return ParamError(message, self.sources.get(name, f"parameter {name}"), self.raw(name))
+
+    def raw(self, name: str) -> object:
+        """Parameter ``name`` as its author wrote it (VM attribute text or rule literal)."""
+        return self.raws.get(name, self.params.get(name))
 
     def note(self, message: str) -> None:
         """Say why the tweak left something alone (shown in --explain)."""

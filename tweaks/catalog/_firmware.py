@@ -27,8 +27,10 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
 
 # Directories of the firmware files OpenNebula lets users pick (OVMF_UEFIS in
-# vmm_exec_kvm.conf, 6.10 and 7.2: OVMF, AAVMF and Fedora's edk2/ovmf).
-FIRMWARE_DIRS = "/usr/share/OVMF/ /usr/share/AAVMF/ /usr/share/edk2/ovmf/"
+# vmm_exec_kvm.conf, 6.10 and 7.2: OVMF, AAVMF and Fedora's edk2/ovmf), and the place
+# addon-storpool documents for the OVMF files it ships in the remotes (its
+# NVRAM_TEMPLATE_PATH default), so templates written for it keep their firmware.
+FIRMWARE_DIRS = "/usr/share/OVMF/ /usr/share/AAVMF/ /usr/share/edk2/ovmf/ /var/tmp/one/OVMF/"
 
 # libvirt's order of <os> and <features> children (as `virsh dumpxml` writes them).
 OS_ORDER = ("type", "firmware", "loader", "nvram", "kernel", "initrd", "cmdline", "dtb", "acpi",

@@ -9,7 +9,9 @@
   moved from it keep their ``/dev/disk/by-id`` names. Disks that cannot be matched to an
   OpenNebula disk (by the ``/<vmid>/disk.<DISK_ID>`` source path) get none.
 - ``hashpath``: md5 of the disk's source path (add-on's disk-serial-hashpath.py).
-- ``no``: nothing (the add-on's ``DISABLED``).
+- ``no`` or ``DISABLED`` (any case): nothing.
+- any other value (``ENABLED``, ``1``, ...): as ``yes``. The add-on turns serials on for
+  every value but ``DISABLED``, so templates written for it keep their serials.
 
 Only ``device='disk'`` disks (not CD-ROMs, floppies or LUNs) get a serial; 20 hex digits
 fit every bus (virtio-blk's limit is 20 bytes) and libvirt's serial syntax. A disk that
@@ -23,28 +25,36 @@ from typing import Any
 
 from lxml import etree
 
-from ..params import Choice
+from ..params import Param, clean_text
 from ..record import record
 from ..tweak import Context, Tweak
 from ._disks import one_disk, source_path
 
 MODES = ("yes", "hashpath", "no")
+OFF_WORDS = frozenset({"no", "disabled"})
 SERIAL_LEN = 20
 # oned's child order: target, encryption, boot, readonly, shareable, serial, driver.
 _BEFORE_SERIAL = ("source", "target", "encryption", "boot", "readonly", "shareable", "transient")
 
 
 @record
-class Mode(Choice):
-    """yes | hashpath | no; a YAML boolean (``default: yes`` unquoted) means yes/no."""
+class Mode(Param):
+    """yes | hashpath | no; DISABLED means no and any other word yes (addon-storpool's
+    reading); a YAML boolean (``default: yes`` unquoted) means yes/no."""
 
     def json_schema(self) -> dict[str, Any]:
-        return {"anyOf": [{"type": "boolean"}, super().json_schema()]}
+        return {"anyOf": [{"type": "boolean"}, {"type": "string", "minLength": 1, "maxLength": 64}]}
 
     def parse(self, raw: object) -> str:
         if isinstance(raw, bool):
             return "yes" if raw else "no"
-        return super().parse(raw)
+        word = clean_text(raw, max_len=64).lower()
+        if word in OFF_WORDS:
+            return "no"
+        return word if word in MODES else "yes"
+
+    def type_doc(self) -> str:
+        return "yes|hashpath|no|disabled, any other value: yes"
 
 
 def serial_of(text: str) -> str:
@@ -58,12 +68,12 @@ class DiskSerial(Tweak):
     summary = "<serial> for disks: md5 of VM/disk/image ids (yes) or of the source path (hashpath)"
     fragments = ("disk",)
     attributes = ("T_DISKSERIAL",)
-    params = (Mode("mode", "yes (ids), hashpath (source path) or no", choices=MODES),)
+    params = (Mode("mode", "yes (ids), hashpath (source path), no or disabled (no serials)"),)
 
     def apply(self, ctx: Context) -> None:
         mode: str = ctx.params["mode"]
         if mode == "no":
-            ctx.note("mode no")
+            ctx.note("serials turned off")
             return
         vm_id = ctx.facts.get("vm.id")
         for disk in ctx.root.iterfind("devices/disk"):

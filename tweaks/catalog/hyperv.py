@@ -14,7 +14,9 @@ second copy, which libvirt's schema rejects). New elements go to libvirt's place
 
 QEMU refuses to start when an enlightenment lacks the ones it depends on (synic needs
 vpindex; stimer needs synic and time; tlbflush and ipi need vpindex; evmcs needs vapic),
-so such a request is rejected. Nothing happens unless the domain already has
+so those are turned on too, and ``--explain`` says so (addon-storpool added only what
+was asked, and the VM did not start). Only a dependency the VM explicitly turns off
+(``T_HV_VPINDEX=off`` with ``T_HV_SYNIC=on``) skips the rule. Nothing happens unless the domain already has
 ``<features><hyperv>`` (oned writes it for FEATURES/HYPERV=yes) or ``create`` is set; a
 ``<hyperv mode='passthrough'>`` (all enlightenments) is left alone.
 """
@@ -92,7 +94,7 @@ class Hyperv(Tweak):
         if hyperv is not None and hyperv.get("mode") == "passthrough":
             ctx.note("<hyperv mode='passthrough'> already enables every enlightenment")
             return
-        _check_dependencies(ctx, hyperv, wanted)
+        _add_dependencies(ctx, hyperv, wanted)
         editor = ctx.editor
         if hyperv is None:
             hyperv = feature(editor, "hyperv")
@@ -128,20 +130,29 @@ def _current_state(root: etree._Element, hyperv: etree._Element | None, name: st
     return el is not None and el.get("state") == "on"
 
 
-def _check_dependencies(ctx: Context, hyperv: etree._Element | None, wanted: dict[str, Any]) -> None:
+def _add_dependencies(ctx: Context, hyperv: etree._Element | None, wanted: dict[str, Any]) -> None:
+    """Turn on (in ``wanted``) what the enlightenments that end up on depend on."""
     def final(name: str) -> bool:
         if name in wanted:
             return bool(wanted[name])
         return _current_state(ctx.root, hyperv, name)
 
-    for name, needs in DEPENDS.items():
-        if not final(name):
-            continue
-        for need in needs:
-            if final(need):
+    added = True
+    while added:  # stimer -> synic -> vpindex: repeat until nothing more is needed
+        added = False
+        for name, needs in DEPENDS.items():
+            if not final(name):
                 continue
-            culprit = name if name in wanted else need
-            raise ctx.reject(culprit, f"QEMU needs hv-{need} for hv-{name} (set T_HV_{need.upper()}=on)")
+            for need in needs:
+                if final(need):
+                    continue
+                if need in wanted:
+                    culprit = name if name in wanted else need
+                    raise ctx.reject(culprit, f"QEMU needs hv-{need} for hv-{name}, "
+                                              f"which T_HV_{need.upper()} turns off")
+                wanted[need] = True
+                added = True
+                ctx.note(f"turned hv-{need} on: QEMU needs it for hv-{name}")
 
 
 def _set_state(editor: Editor, hyperv: etree._Element, name: str, state: str) -> etree._Element:

@@ -58,7 +58,7 @@ class NicQueues(Tweak):
             if model is None or model.get("type") != "virtio" or interface.get("type") not in QUEUE_TYPES:
                 continue
             eligible += 1
-            value, explicit, source = self._wanted(ctx, interface)
+            value, explicit, source, written = self._wanted(ctx, interface)
             if value == 0:
                 continue
             asked += 1
@@ -67,7 +67,7 @@ class NicQueues(Tweak):
             else:
                 assert isinstance(value, int)
                 if value > vcpus and explicit:
-                    raise ParamError(f"more queues than the VM's {vcpus} vCPUs", source, value)
+                    raise ParamError(f"more queues than the VM's {vcpus} vCPUs", source, written)
                 queues = min(value, cap)
             driver = interface.find("driver")
             if driver is not None and driver.get("queues") and not explicit:
@@ -82,8 +82,9 @@ class NicQueues(Tweak):
         elif not asked:
             ctx.note("no queue count for any NIC (T_NIC_QUEUES / T_NIC<id>_QUEUES)")
 
-    def _wanted(self, ctx: Context, interface: etree._Element) -> tuple[int | str, bool, str]:
-        """(value, explicit, source) for one interface: its own attribute, else ``queues``."""
+    def _wanted(self, ctx: Context, interface: etree._Element) -> tuple[int | str, bool, str, object]:
+        """(value, explicit, source, value as written) for one interface: its own attribute,
+        else ``queues``."""
         nid = nic_id(interface) if ctx.params["per_nic"] else None
         if nid is not None:
             name = f"T_NIC{nid}_QUEUES"
@@ -91,10 +92,11 @@ class NicQueues(Tweak):
             if raw is not None:
                 source = f"USER_TEMPLATE/{name}"
                 try:
-                    return self.param("queues").parse(raw), True, source
+                    return self.param("queues").parse(raw), True, source, raw
                 except ParamError as exc:
                     raise ParamError(str(exc), source, raw) from None
-        return ctx.params["queues"], ctx.explicit("queues"), ctx.sources.get("queues", "parameter queues")
+        return (ctx.params["queues"], ctx.explicit("queues"), ctx.sources.get("queues", "parameter queues"),
+                ctx.raw("queues"))
 
 
 def source_name(interface: etree._Element) -> str:
