@@ -721,6 +721,42 @@ def test_single_pci_mac_from_the_template(assert_valid):
         "02:00:0a:00:00:99", "0x1")
 
 
+def _pci_vm(*macs: str | None) -> bytes:
+    """vm-42 with one TEMPLATE/PCI per item (a MAC, or None for a PCI device without one)."""
+    root = etree.fromstring(vm_xml())
+    template = root.find("TEMPLATE")
+    for index, mac in enumerate(macs):
+        pci = etree.SubElement(template, "PCI")
+        for tag, text in (("DEVICE", "1515"), ("VENDOR", "8086"), ("SHORT_ADDRESS", f"05:00.{index + 1}"),
+                          ("MAC", mac)):
+            if text is not None:
+                etree.SubElement(pci, tag).text = text
+    return etree.tostring(root)
+
+
+@pytest.mark.parametrize(("macs", "expected"), [
+    ((None, "02:00:0a:00:00:98"), ["hostdev", "02:00:0a:00:00:98"]),
+    (("02:00:0a:00:00:97", None), ["02:00:0a:00:00:97", "hostdev"]),
+    (("02:00:0a:00:00:97", "02:00:0a:00:00:98"), ["02:00:0a:00:00:97", "02:00:0a:00:00:98"]),
+])
+def test_pci_macs_of_several_pci_devices(macs, expected, assert_valid):
+    """Two PCI devices, some with TEMPLATE/PCI/MAC: as addon-storpool's vfhostdev2interface.py,
+    each device with a MAC (by position) becomes an interface, the others stay hostdevs."""
+    outcome = run(assert_valid, edit_domain(with_vfs), _pci_vm(*macs))
+    assert status(outcome, "hostdev-interface") == APPLIED
+    got = ["hostdev" if el.tag == "hostdev" else el.find("mac").get("address")
+           for el in outcome.tree.getroot().find("devices") if el.tag == "hostdev"
+           or (el.tag == "interface" and el.get("type") == "hostdev")]
+    assert got == expected
+
+
+def test_pci_mac_refused_is_named_as_the_template_attribute():
+    outcome = apply(edit_domain(with_vfs), _pci_vm(None, "03:00:0a:00:00:98"))
+    assert status(outcome, "hostdev-interface") == SKIPPED
+    assert any("TEMPLATE/PCI/MAC=',03:00:0a:00:00:98': 03:00:0a:00:00:98 is a multicast" in w
+               for w in outcome.report.warnings), outcome.report.warnings
+
+
 @pytest.mark.parametrize(("macs", "why"), [
     ("03:00:00:00:00:01", "multicast"),
     ("02:00:00:00:00:01,02:00:00:00:00:01", "given twice"),

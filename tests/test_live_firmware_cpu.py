@@ -831,6 +831,24 @@ def test_vcpu_max_allows_cpu_hotplug(boot: Callable[..., str], control: dict[str
     assert len(vcpus(name)) == 3
 
 
+@live_vm
+def test_cpu_sockets_make_boot_vcpus_unpluggable(boot: Callable[..., str], control: dict[str, Any]) -> None:
+    """T_CPU_SOCKETS=2 on a 4-vCPU VM writes <vcpus> as addon-storpool's cpu.py did: qemu gets
+    vCPU 0 built in and vCPUs 1-3 as devices (what hot-unplug needs), and libvirt reports
+    them hotpluggable, so ``setvcpus --live`` may take them away again. (Without <vcpus>
+    every boot vCPU is built in and libvirt refuses to unplug it.)"""
+    outcome = tweaked({"T_CPU_SOCKETS": "2"}, vcpu=4)
+    assert_applied(outcome, "cpu-topology")
+    name = boot(outcome, accel="kvm")
+    assert argv_values(name, "-smp") == ["1,maxcpus=4,sockets=2,dies=1,cores=2,threads=1"]
+    devices = [d for d in argv_values(name, "-device") if "id=vcpu" in d]
+    assert sorted(re.search(r"id=(vcpu[0-9]+)", d).group(1) for d in devices) == [  # type: ignore[union-attr]
+        "vcpu1", "vcpu2", "vcpu3"]
+    live_vcpus = [(v.get("id"), v.get("enabled"), v.get("hotpluggable")) for v in dumpxml(name).iterfind("vcpus/vcpu")]
+    assert live_vcpus == [("0", "yes", "no"), ("1", "yes", "yes"), ("2", "yes", "yes"), ("3", "yes", "yes")]
+    assert len(vcpus(name)) == 4
+
+
 DIMM = "<memory model='dimm'><target><size unit='MiB'>{mib}</size><node>0</node></target></memory>"
 
 

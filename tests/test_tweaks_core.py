@@ -167,6 +167,45 @@ def test_cpu_topology_must_divide_vcpus():
     assert status(outcome, "cpu-topology") == SKIPPED
 
 
+def _vcpus(root: etree._Element) -> list[tuple[str | None, str | None, str | None]]:
+    return [(v.get("id"), v.get("enabled"), v.get("hotpluggable")) for v in root.iterfind("vcpus/vcpu")]
+
+
+def test_cpu_sockets_write_hotpluggable_vcpus(assert_valid):
+    """addon-storpool's cpu.py writes <vcpus> whenever T_CPU_SOCKETS gives a topology:
+    vCPU 0 fixed, every other vCPU hotpluggable, enabled below <vcpu current>. Once,
+    right after <vcpu>, and a second run changes nothing."""
+    root, outcome = tweak({"T_CPU_SOCKETS": "2"}, vcpu=4)
+    assert status(outcome, "cpu-topology") == APPLIED
+    assert _vcpus(root) == [("0", "yes", "no"), ("1", "yes", "yes"), ("2", "yes", "yes"), ("3", "yes", "yes")]
+    assert [c.tag for c in root if isinstance(c.tag, str)].index("vcpus") == \
+        [c.tag for c in root if isinstance(c.tag, str)].index("vcpu") + 1
+    assert_valid(etree.ElementTree(root))
+    again = apply(etree.tostring(root), vm_xml({"T_CPU_SOCKETS": "2"}, vcpu=4))
+    assert not any(r.changes for r in again.report.results), again.report.to_text()
+
+
+def test_cpu_sockets_vcpus_follow_vcpu_max(assert_valid):
+    root, _ = tweak({"T_CPU_SOCKETS": "2", "T_VCPU_MAX": "8"}, vcpu=4)
+    assert root.find("vcpu").text == "8" and root.find("vcpu").get("current") == "4"
+    assert _vcpus(root) == [("0", "yes", "no"), *[(str(i), "yes", "yes") for i in (1, 2, 3)],
+                            *[(str(i), "no", "yes") for i in range(4, 8)]]
+    assert len(root.findall("vcpus")) == 1
+    assert_valid(etree.ElementTree(root))
+    again = apply(etree.tostring(root), vm_xml({"T_CPU_SOCKETS": "2", "T_VCPU_MAX": "8"}, vcpu=4))
+    assert etree.tostring(again.tree.getroot()) == etree.tostring(root), again.report.to_text()
+
+
+def test_cpu_topology_vcpus_can_be_turned_off(tmp_path, assert_valid):
+    from conftest import write_rule
+
+    write_rule(tmp_path, "31-cpu-topology.yaml", "name: cpu-topology\ntweaks:\n  - cpu_topology:\n"
+               "      sockets: {from: user.T_CPU_SOCKETS}\n      vcpus: no\n")
+    outcome = apply(domain_with_vcpu(4), vm_xml({"T_CPU_SOCKETS": "2"}, vcpu=4), [str(tmp_path)])
+    assert outcome.tree.getroot().find("vcpus") is None
+    assert outcome.tree.getroot().find("cpu/topology").get("sockets") == "2"
+
+
 def test_cpu_features_add_and_update_without_duplicates(assert_valid):
     src = deployment().replace(b"<cpu mode='host-passthrough'>",
                                b"<cpu mode='host-passthrough'><feature policy='require' name='vmx'/>")

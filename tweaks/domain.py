@@ -166,3 +166,28 @@ def int_attr(value: str | None, default: int | None = None) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def vcpus_layout(maximum: int, current: int, boot_hotpluggable: dict[str, str] | str) -> list[dict[str, str]]:
+    """Per-vCPU ``<vcpus>`` entries QEMU accepts: vCPU 0 online and not hotpluggable, every
+    offline vCPU hotpluggable; the other boot vCPUs as ``boot_hotpluggable`` says (one
+    word for all, or by id, default no)."""
+    def boot(i: int) -> str:
+        if isinstance(boot_hotpluggable, str):
+            return boot_hotpluggable
+        return boot_hotpluggable.get(str(i)) or "no"
+
+    return [{"id": str(i), "enabled": "yes" if i < current else "no",
+             "hotpluggable": "no" if i == 0 else "yes" if i >= current else boot(i)} for i in range(maximum)]
+
+
+def write_vcpus(editor: Editor, root: etree._Element, wanted: list[dict[str, str]]) -> None:
+    """Make ``<vcpus>`` exactly ``wanted`` (one element, never a second copy)."""
+    existing = root.find("vcpus")
+    if existing is not None:
+        if [dict(c.attrib) for c in existing if isinstance(c.tag, str)] == wanted:
+            return
+        editor.remove(existing)
+    vcpus = editor.add(root, "vcpus", after=("vcpu",))
+    for index, attrs in enumerate(wanted):
+        editor.add(vcpus, "vcpu", attrs, index=index)

@@ -3,6 +3,8 @@
 Names (see README "Facts"):
   vm.id vm.name vm.uid vm.gid vm.uname vm.gname vm.state vm.lcm_state
   vm.vcpu (VCPU, else CPU rounded up) vm.cpu vm.memory (MiB)
+  vm.pci_macs   TEMPLATE/PCI MACs in PCI order, comma-separated (empty items for PCIs
+                without one); set when any PCI device has a MAC
   template.PATH   any TEMPLATE attribute, nested ones as A/B (e.g. template.OS/MACHINE)
   user.PATH       any USER_TEMPLATE attribute (untrusted: set by cloud users)
   history.host history.hid history.ds_id history.tm_mad history.vm_mad history.seq
@@ -71,6 +73,8 @@ def is_list_fact(name: str) -> bool:
 
 def describe(name: str) -> str:
     """How a fact is named in OpenNebula terms, for warnings (user.T_X -> USER_TEMPLATE/T_X)."""
+    if name == "vm.pci_macs":
+        return "TEMPLATE/PCI/MAC"
     prefix, _, rest = name.partition(".")
     if prefix == "user":
         return f"USER_TEMPLATE/{rest}"
@@ -205,6 +209,11 @@ def from_documents(vm: etree._Element | None, domain: etree._Element | None) -> 
             if context is not None and _text(context.find("DISK_ID")):
                 facts.disks.append({"id": _text(context.find("DISK_ID")) or "", "kind": "context",
                                     "target": _text(context.find("TARGET")) or ""})
+            macs = [_text(pci.find("MAC")) or "" for pci in template.iterfind("PCI")]
+            if any(macs):
+                # Positional, as addon-storpool's vfhostdev2interface.py reads them: the i-th
+                # PCI device's MAC (empty when it has none).
+                s["vm.pci_macs"] = ",".join(macs)
             for nic in template.iterfind("NIC"):
                 attrs = _leaf_map(nic)
                 nic_facts = {key.lower(): value for key, value in attrs.items()}

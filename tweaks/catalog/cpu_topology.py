@@ -3,13 +3,21 @@ from the vCPU count, and (as addon-storpool does) one NUMA cell per socket.
 
 Sockets x threads must divide the vCPU count. sockets=0 means "leave the topology
 alone". oned's TOPOLOGY (and NUMA_NODE) win over rule defaults; VM attributes win.
+
+With a topology it also writes ``<vcpus>`` as addon-storpool's cpu.py does: one entry
+per vCPU up to ``<vcpu>``, vCPU 0 not hotpluggable, every other vCPU hotpluggable and
+enabled while it is below ``<vcpu current>``. Without it libvirt marks the boot vCPUs
+non-hotpluggable, so a vCPU plugged in at boot can never be unplugged. ``vcpus: no``
+leaves ``<vcpus>`` alone; so do non-x86 domains (QEMU hot-plugs vCPUs per thread only
+on x86; elsewhere libvirt would refuse to start the VM).
 """
 
 from __future__ import annotations
 
-from ..domain import memory_kib, socket_cells, vcpu_count
+from ..domain import memory_kib, socket_cells, vcpu_count, vcpu_current, vcpus_layout, write_vcpus
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
+from ._firmware import machine_is_x86
 
 
 class CpuTopology(Tweak):
@@ -19,6 +27,7 @@ class CpuTopology(Tweak):
         Int("sockets", "sockets; 0 leaves the topology alone", minimum=0, maximum=4096),
         Int("threads", "threads per core", default=1, minimum=1, maximum=4096),
         Bool("numa", "one NUMA cell per socket, memory split evenly", default=True),
+        Bool("vcpus", "write <vcpus>: every vCPU but vCPU 0 hotpluggable (addon-storpool's layout)", default=True),
     )
 
     def apply(self, ctx: Context) -> None:
@@ -31,18 +40,24 @@ class CpuTopology(Tweak):
             ctx.note("kept oned's TOPOLOGY / NUMA")
             return
         vcpus = vcpu_count(ctx.root)
-        if vcpus is None:
+        current = vcpu_current(ctx.root)
+        if vcpus is None or current is None:
             ctx.note("domain has no <vcpu>")
             return
-        if sockets > vcpus or vcpus % sockets:
-            raise ctx.reject("sockets", f"{sockets} sockets do not divide {vcpus} vCPUs")
-        if (vcpus // sockets) % threads:
-            raise ctx.reject("threads", f"{threads} threads do not divide {vcpus // sockets} vCPUs per socket")
+        # Both the boot count and the maximum: vcpu_max raises the maximum after this rule,
+        # and a second run must come to the same verdict.
+        for count in sorted({current, vcpus}):
+            if sockets > count or count % sockets:
+                raise ctx.reject("sockets", f"{sockets} sockets do not divide {count} vCPUs")
+            if (count // sockets) % threads:
+                raise ctx.reject("threads", f"{threads} threads do not divide {count // sockets} vCPUs per socket")
         cores = vcpus // sockets // threads
         editor = ctx.editor
         cpu = editor.child(ctx.root, "cpu")
         topology = editor.child(cpu, "topology", after=("model", "vendor"))
         editor.set_attrs(topology, {"sockets": sockets, "dies": None, "cores": cores, "threads": threads})
+        if ctx.params["vcpus"] and current <= vcpus and machine_is_x86(ctx.root):
+            write_vcpus(editor, ctx.root, vcpus_layout(vcpus, current, "yes"))
         if not ctx.params["numa"]:
             return
         memory = memory_kib(ctx.root)

@@ -10,8 +10,9 @@ MAC before the guest starts. The guest-side ``<address>``, ``<boot>``, ``<rom>``
 (e.g. ``<readonly/>``) is left alone.
 
 MACs come from T_VF_MACS (``mac,mac,...`` in the order of the VM's PCI devices, an
-empty item leaves that device alone) or, as the shipped rule does, from the VM's
-TEMPLATE/PCI/MAC when the VM has a single PCI device. Only unicast MACs are taken;
+empty item leaves that device alone) or, as the shipped rule does, from the MACs of the
+VM's PCI devices (TEMPLATE/PCI/MAC, fact ``vm.pci_macs``), so that of several PCI
+devices the ones with a MAC become interfaces and the others stay hostdevs. Only unicast MACs are taken;
 a MAC given twice, or one another interface of the domain already uses, skips the
 rule. The position counts every PCI passthrough device oned wrote (pci and mdev
 hostdevs and already converted interfaces, in document order) so that it matches the

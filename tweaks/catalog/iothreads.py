@@ -8,7 +8,9 @@ devices oned left unbound are bound. Bounds: 1..vCPUs, at most 64.
 
 from __future__ import annotations
 
-from ..domain import driver, vcpu_count, virtio_disks, virtio_scsi_controllers
+from lxml import etree
+
+from ..domain import driver, vcpu_current, virtio_disks, virtio_scsi_controllers
 from ..params import Bool, Choice, Int
 from ..tweak import Context, Tweak
 
@@ -30,7 +32,7 @@ class IOThreads(Tweak):
     def apply(self, ctx: Context) -> None:
         root = ctx.root
         editor = ctx.editor
-        vcpus = vcpu_count(root) or ctx.facts.vcpu
+        vcpus = vcpu_current(root) or ctx.facts.vcpu
         limit = min(vcpus, MAX_IOTHREADS)
         count: int = ctx.params["count"]
         existing = root.find("iothreads")
@@ -56,8 +58,9 @@ class IOThreads(Tweak):
         if existing is None:
             editor.add(root, "iothreads", text=str(count))
         elif rebind:
-            editor.set_text(existing, count)
-
+            # The same count again (this rule's own output): the bindings stand, so that
+            # devices other rules bound since (a controller scsi_queues added) keep theirs.
+            rebind = editor.set_text(existing, count)
         devices = []
         if ctx.params["disks"]:
             devices.extend(virtio_disks(root))
@@ -71,6 +74,25 @@ class IOThreads(Tweak):
                 continue
             wanted = 1 if single else index % count + 1
             editor.set_attr(driver(editor, device, qemu=device.tag == "disk"), "iothread", wanted)
+
+
+def bind_new_device(ctx: Context, device: etree._Element) -> None:
+    """Bind a virtio device another tweak has just added to the domain's iothreads (round
+    robin by its place among the virtio devices, as this tweak binds), so that running the
+    rules again does not bind it then."""
+    root = ctx.root
+    existing = root.find("iothreads")
+    if existing is None or root.find("iothreadids") is not None:
+        return
+    try:
+        count = int((existing.text or "").strip())
+    except ValueError:
+        return
+    if count < 1:
+        return
+    devices = [*virtio_disks(root), *virtio_scsi_controllers(root)]
+    index = devices.index(device) if device in devices else len(devices)
+    ctx.editor.set_attr(driver(ctx.editor, device, qemu=device.tag == "disk"), "iothread", index % count + 1)
 
 
 def _valid_binding(value: str | None, count: int) -> bool:

@@ -20,7 +20,7 @@ import re
 
 from lxml import etree
 
-from ..domain import vcpu_count
+from ..domain import vcpu_current
 from ..errors import ParamError
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
@@ -50,7 +50,7 @@ class NicQueues(Tweak):
     )
 
     def apply(self, ctx: Context) -> None:
-        vcpus = vcpu_count(ctx.root) or ctx.facts.vcpu
+        vcpus = vcpu_current(ctx.root) or ctx.facts.vcpu
         cap = min(vcpus, MAX_QUEUES, ctx.params["max"])
         eligible = asked = 0
         for interface in ctx.root.iterfind("devices/interface"):

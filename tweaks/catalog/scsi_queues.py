@@ -1,22 +1,28 @@
 """scsi_queues: virtio-scsi controller queue count, by default one per vCPU.
 
-oned 6.8+ sets it from FEATURES/VIRTIO_SCSI_QUEUES; that wins over a rule default,
-a VM attribute (T_SCSI_QUEUES) wins over both. Bounds: 1..min(vCPUs, 1024), and at
-most the rule's ``max``.
+oned 6.8+ sets it from FEATURES/VIRTIO_SCSI_QUEUES; that (and any count a controller
+already has) wins over a rule default, a VM attribute (T_SCSI_QUEUES) wins over both.
+Bounds: 1..min(boot vCPUs, 1024), and at most the rule's ``max``. A controller this
+tweak adds (``create``) joins the domain's iothreads, as the iothreads rule (which runs
+earlier) would have bound it.
+
+Counts are bounded by the vCPUs online at boot (``<vcpu current>``), not by the maximum:
+vcpu_max raises the maximum after this rule ran, and a second run must find the same bound.
 """
 
 from __future__ import annotations
 
-from ..domain import driver, vcpu_count, virtio_scsi_controllers
+from ..domain import driver, vcpu_current, virtio_scsi_controllers
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
+from .iothreads import bind_new_device
 
 MAX_QUEUES = 1024
 
 
 def queue_count(ctx: Context, name: str = "queues") -> int:
     """Resolve a queue-count parameter (number or ``vcpu``) against this VM's bounds."""
-    vcpus = vcpu_count(ctx.root) or ctx.facts.vcpu
+    vcpus = vcpu_current(ctx.root) or ctx.facts.vcpu
     cap: int = min(vcpus, MAX_QUEUES, ctx.params.get("max", MAX_QUEUES))
     value: int | str = ctx.params[name]
     if value == "vcpu":
@@ -50,7 +56,12 @@ class ScsiQueues(Tweak):
             controllers = [ctx.editor.add(ctx.devices(), "controller",
                                           {"type": "scsi", "index": index, "model": "virtio-scsi"},
                                           after=("controller", "disk"))]
+            # The iothreads rule ran before this controller existed.
+            bind_new_device(ctx, controllers[0])
         for controller in controllers:
+            current = controller.find("driver")
+            if current is not None and current.get("queues") and not ctx.explicit("queues"):
+                continue  # oned's (or a VM attribute's) count wins over a rule default
             ctx.editor.set_attr(driver(ctx.editor, controller, qemu=False), "queues", queues)
 
 

@@ -25,10 +25,19 @@ from __future__ import annotations
 
 from lxml import etree
 
-from ..domain import cpuset_parse, int_attr, machine, numa_cells, socket_cells, vcpu_count, vcpu_current
+from ..domain import (
+    cpuset_parse,
+    int_attr,
+    machine,
+    numa_cells,
+    socket_cells,
+    vcpu_count,
+    vcpu_current,
+    vcpus_layout,
+    write_vcpus,
+)
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
-from ..xmledit import Editor
 
 MAX_VCPUS = 4096
 # QEMU 7.2 (Debian 12) machine limits; an operator with another QEMU sets ``limit``.
@@ -130,29 +139,14 @@ class VcpuMax(Tweak):
                                 "give the VM a CPU topology (T_CPU_SOCKETS)")
 
     def _vcpus(self, ctx: Context, new_max: int, current: int) -> None:
-        root, editor = ctx.root, ctx.editor
+        root = ctx.root
         existing = root.find("vcpus")
         if existing is None and not ctx.params["vcpus"]:
             return
-        have = [] if existing is None else [dict(c.attrib) for c in existing if isinstance(c.tag, str)]
-        kept = {a.get("id"): a.get("hotpluggable") for a in have}
-        # QEMU: vCPU 0 online and not hotpluggable; every offline vCPU hotpluggable. Boot
-        # vCPUs are hotpluggable with the vcpus parameter, else as an existing <vcpus> says.
-        boot = "yes" if ctx.params["vcpus"] else None
-        wanted = [{"id": str(i), "enabled": "yes" if i < current else "no",
-                   "hotpluggable": "no" if i == 0 else "yes" if i >= current
-                   else boot or kept.get(str(i)) or "no"} for i in range(new_max)]
-        if existing is not None:
-            if have == wanted:
-                return
-            editor.remove(existing)
-        _add_vcpus(editor, root, wanted)
-
-
-def _add_vcpus(editor: Editor, root: etree._Element, wanted: list[dict[str, str]]) -> None:
-    vcpus = editor.add(root, "vcpus", after=("vcpu",))
-    for index, attrs in enumerate(wanted):
-        editor.add(vcpus, "vcpu", attrs, index=index)
+        kept = {} if existing is None else {str(c.get("id")): str(c.get("hotpluggable")) for c in existing
+                                            if isinstance(c.tag, str) and c.get("hotpluggable")}
+        # Boot vCPUs are hotpluggable with the vcpus parameter, else as an existing <vcpus> says.
+        write_vcpus(ctx.editor, root, vcpus_layout(new_max, current, "yes" if ctx.params["vcpus"] else kept))
 
 
 TWEAK = VcpuMax()
