@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
-from tweaks import engine, loader
+from tweaks import engine, loader, provenance
 from tweaks.errors import InputError
 from tweaks.report import ROLLED_BACK
 from tweaks.rules import Rule
@@ -94,14 +94,19 @@ def pick(rng: random.Random, share: float = 0.5) -> dict[str, str]:
 
 
 @functools.cache
-def all_rules() -> tuple[Rule, ...]:
-    """The shipped rules, every one enabled (disk-driver ships disabled)."""
+def _ruleset() -> tuple[tuple[Rule, ...], tuple[tuple[str, str], ...]]:
+    ruleset = loader.load([])
     rules = []
-    for rule in loader.load([]).rules:
+    for rule in ruleset.rules:
         rule = copy.copy(rule)
         rule.enabled = True
         rules.append(rule)
-    return tuple(rules)
+    return tuple(rules), tuple(ruleset.hashes)
+
+
+def all_rules() -> tuple[Rule, ...]:
+    """The shipped rules, every one enabled (disk-driver ships disabled)."""
+    return _ruleset()[0]
 
 
 @functools.cache
@@ -148,8 +153,11 @@ def vm_document(domain: etree._Element, user: Mapping[str, str], *, vm_id: int =
 
 
 def _run(domain: bytes, vm: bytes) -> engine.Outcome:
-    return engine.apply_rules(engine.parse_xml(domain, "domain"), engine.parse_xml(vm, "vm"), all_rules(),
-                              schema=schema())
+    """What ``one-tweaks apply`` does: the rules, then the provenance stamp."""
+    outcome = engine.apply_rules(engine.parse_xml(domain, "domain"), engine.parse_xml(vm, "vm"), all_rules(),
+                                 schema=schema())
+    provenance.stamp(outcome.tree.getroot(), outcome.report, _ruleset()[1])
+    return outcome
 
 
 def check(domain: bytes, vm: bytes) -> list[str]:
@@ -229,6 +237,8 @@ def lost_content(before: etree._Element, after: etree._Element) -> list[str]:
 
 def _canon(el: etree._Element) -> bytes:
     copied = copy.deepcopy(el)
+    for stamp in copied.findall(f"{{{provenance.NAMESPACE}}}provenance"):  # ours, added on purpose
+        copied.remove(stamp)
     for node in copied.iter():
         if node.text is not None and not node.text.strip():
             node.text = None
