@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import zlib
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from idempotence import check, pick, vm_document
 from lxml import etree
 
@@ -48,6 +50,21 @@ def test_corpus_is_there():
             pytest.fail(_missing())
         pytest.skip(_missing())
     assert len(DOMAINS) >= MIN_DOMAINS, f"only {len(DOMAINS)} domain XMLs in {CORPUS}"
+
+
+def test_setup_corpus_runs_no_apt_when_cached(tmp_path):
+    """.ci/setup-corpus is idempotent: with the corpus cached it calls no apt tool at all."""
+    if not DOMAINS:
+        pytest.skip(_missing())
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("apt-get", "apt-cache", "flock"):
+        (stubs / tool).write_text(f"#!/bin/sh\necho {tool} >> {tmp_path}/called\nexit 1\n")
+        (stubs / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "ONE_TWEAKS_CORPUS_CACHE": str(CORPUS.parent)}
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "setup-corpus")], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "called").exists()
 
 
 def _read(path: Path) -> etree._Element | None:
