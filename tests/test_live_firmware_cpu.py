@@ -841,9 +841,10 @@ def test_cpu_sockets_make_boot_vcpus_unpluggable(boot: Callable[..., str], contr
     assert_applied(outcome, "cpu-topology")
     name = boot(outcome, accel="kvm")
     assert argv_values(name, "-smp") == ["1,maxcpus=4,sockets=2,dies=1,cores=2,threads=1"]
-    devices = [d for d in argv_values(name, "-device") if "id=vcpu" in d]
-    assert sorted(re.search(r"id=(vcpu[0-9]+)", d).group(1) for d in devices) == [  # type: ignore[union-attr]
-        "vcpu1", "vcpu2", "vcpu3"]
+    # libvirt plugs vCPUs 1-3 in as devices (device_add) before the guest runs: unpluggable
+    paths = sorted(str(s.get("qom-path")) for s in qmp(name, "query-hotpluggable-cpus"))
+    assert paths[:3] == ["/machine/peripheral/vcpu1", "/machine/peripheral/vcpu2", "/machine/peripheral/vcpu3"]
+    assert not paths[3].startswith("/machine/peripheral/"), paths
     live_vcpus = [(v.get("id"), v.get("enabled"), v.get("hotpluggable")) for v in dumpxml(name).iterfind("vcpus/vcpu")]
     assert live_vcpus == [("0", "yes", "no"), ("1", "yes", "yes"), ("2", "yes", "yes"), ("3", "yes", "yes")]
     assert len(vcpus(name)) == 4

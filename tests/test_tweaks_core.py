@@ -247,6 +247,20 @@ def test_cpu_mode_delete_without_cpu_adds_nothing():
     assert status(outcome, "cpu-mode") == "unchanged"
 
 
+@pytest.mark.parametrize("mode", ["host-model", "host-passthrough", "Maximum"])
+def test_cpu_model_yields_to_a_mode_without_a_model(mode, assert_valid):
+    """T_CPU_MODEL with a T_CPU_MODE that takes no named model: the mode wins and the
+    cpu-model rule says why; a second run changes nothing (before, cpu-model set
+    mode='custom' and cpu-mode set it back on every run)."""
+    user = {"T_CPU_MODEL": "EPYC-Rome:allow", "T_CPU_MODE": mode}
+    root, outcome = tweak(user)
+    assert status(outcome, "cpu-model") == "not-matched"
+    assert root.find("cpu").get("mode") == mode.lower() and root.find("cpu/model") is None
+    again = apply(etree.tostring(root), vm_xml(user, vcpu=4))
+    assert [r.name for r in again.report.results if r.changes] == []
+    assert_valid(etree.ElementTree(root))
+
+
 # --- video -----------------------------------------------------------------------------------
 
 def test_video_model_replaced_with_acceleration(assert_valid):

@@ -48,7 +48,9 @@ class CpuModel(Tweak):
             if model is not None:
                 editor.remove(model)
             return
-        attrs: dict[str, Any] = {"mode": "custom"}
+        # No mode means custom to libvirt: leave it absent (T_CPU_MODE=delete), else the
+        # two rules would undo each other on every run.
+        attrs: dict[str, Any] = {} if cpu.get("mode") is None else {"mode": "custom"}
         attrs.update({a: None for a in _PASSTHROUGH_ONLY})
         editor.set_attrs(cpu, attrs)
         if model is None:

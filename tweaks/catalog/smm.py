@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from ..errors import ParamError
-from ..params import Bool, Format, Param, split_key_values
+from ..params import FALSE_WORDS, Bool, Format, Param, split_key_values
 from ..tweak import Context, Tweak
 from ._firmware import feature, machine_is_q35, machine_is_x86, secure_boot_requested
 
@@ -70,6 +70,14 @@ def parse_tseg(text: str) -> tuple[int, str]:
     return size, unit
 
 
+def _secure_boot_turned_off(ctx: Context) -> bool:
+    """The VM turns secure boot off (T_OS_SECURE_BOOT=no): the secure-boot rule, which runs
+    after this one, makes the loader non-secure, so SMM may go off now. (Refusing here
+    and accepting on the next run would make the rules change their own output.)"""
+    raw = ctx.facts.get("user.T_OS_SECURE_BOOT")
+    return raw is not None and raw.strip().lower() in FALSE_WORDS
+
+
 class Smm(Tweak):
     summary = "System Management Mode <smm state=...> with an optional extended TSEG size"
     attributes = ("T_FEATURE_SMM", "T_FEATURE_SMM_TSEG")
@@ -90,7 +98,7 @@ class Smm(Tweak):
         if state is False:
             if tseg:
                 raise ctx.reject("tseg", "a TSEG size needs SMM on")
-            if secure_boot_requested(ctx.root):
+            if secure_boot_requested(ctx.root) and not _secure_boot_turned_off(ctx):
                 raise ctx.reject("state", "the secure-boot loader needs SMM on")
         if tseg and machine_is_x86(ctx.root) and not machine_is_q35(ctx.root):
             raise ctx.reject("tseg", "libvirt supports an SMM TSEG size on q35 machines only")
