@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from conftest import deployment, vm_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idempotence import VALUES, check, vm_document
@@ -150,3 +152,36 @@ def test_generated_domains_are_valid_inputs(vm: tuple[bytes, dict[str, Any]]) ->
     tree = engine.parse_xml(vm[0], "domain")
     normalize(Editor(tree))
     assert schema().errors(tree) == frozenset()
+
+
+SECURE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+
+
+@pytest.mark.parametrize("user", [
+    {"T_CPU_MODEL": "EPYC-Rome:allow", "T_CPU_MODE": "delete"},
+    {"T_CPU_MODEL": "EPYC-Rome:allow", "T_CPU_MODE": "host-model"},
+    {"T_OS_LOADER": f"{SECURE}:secure=yes", "T_OS_SECURE_BOOT": "no"},
+    {"T_OS_LOADER": f"{SECURE}:secure=no", "T_OS_SECURE_BOOT": "yes"},
+    {"T_OS_LOADER": f"{SECURE}:secure=yes", "T_FEATURE_SMM": "on", "smm": "off"},
+    {"T_FEATURE_SMM": "off", "T_OS_SECURE_BOOT": "no", "secure": "yes"},
+    {"T_BLK_QUEUES": "yes", "T_SCSI_QUEUES": "2", "T_VCPU_MAX": "8"},
+    {"T_IOTHREADS_OVERRIDE": "2", "T_SCSI_QUEUES": "1", "scsi": "none"},
+    {"T_CPU_SOCKETS": "4", "T_VCPU_MAX": "8"},
+])
+def test_attributes_that_pull_against_each_other(user: dict[str, str]) -> None:
+    """Pairs of attributes whose rules used to undo each other, or to decide differently on
+    their own output (found by the corpus test): one run gives the fixed point."""
+    user = dict(user)
+    root = etree.fromstring(deployment(), etree.XMLParser(strip_cdata=False))
+    smm, secure, scsi = user.pop("smm", None), user.pop("secure", None), user.pop("scsi", None)
+    features = root.find("features")
+    if smm is not None:
+        etree.SubElement(features, "smm", state=smm)
+    if secure is not None:
+        root.find("os/loader").set("secure", secure)
+    if scsi is not None:
+        for ctl in root.findall("devices/controller[@type='scsi']"):
+            ctl.getparent().remove(ctl)
+    vm = etree.fromstring(vm_xml(user, vcpu=2))
+    problems = check(etree.tostring(root), etree.tostring(vm))
+    assert not problems, "\n".join(problems)

@@ -17,6 +17,7 @@ import re
 from lxml import etree
 
 from ..errors import ParamError
+from ..params import TRUE_WORDS
 from ..tweak import Context
 from ..xmledit import Editor
 
@@ -200,8 +201,15 @@ def check_secure_loader(ctx: Context, name: str) -> None:
     """libvirt starts a secure loader only on q35 (x86) and with SMM on."""
     if machine_is_x86(ctx.root) and not machine_is_q35(ctx.root):
         raise ctx.reject(name, "secure boot needs a q35 machine type")
-    if smm_state(ctx.root) == "off":
+    if smm_state(ctx.root) == "off" and not _smm_turned_on(ctx):
         raise ctx.reject(name, "secure boot needs SMM, which is turned off (<smm state='off'>)")
+
+
+def _smm_turned_on(ctx: Context) -> bool:
+    """The VM turns SMM on (T_FEATURE_SMM=on): the smm rule runs after the loader's, so
+    refusing here and accepting on the next run would make the rules change their own output."""
+    raw = (ctx.facts.get("user.T_FEATURE_SMM") or "").strip().lower()
+    return raw.removeprefix(":state=").strip() in TRUE_WORDS
 
 
 def parse_uuid(text: str) -> str:
