@@ -167,6 +167,7 @@ SECURE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
     {"T_BLK_QUEUES": "yes", "T_SCSI_QUEUES": "2", "T_VCPU_MAX": "8"},
     {"T_IOTHREADS_OVERRIDE": "2", "T_SCSI_QUEUES": "1", "scsi": "none"},
     {"T_CPU_SOCKETS": "4", "T_VCPU_MAX": "8"},
+    {"T_HV_CLOCK": "yes", "T_HV_TIME": "off", "hyperv": "yes"},
 ])
 def test_attributes_that_pull_against_each_other(user: dict[str, str]) -> None:
     """Pairs of attributes whose rules used to undo each other, or to decide differently on
@@ -175,6 +176,8 @@ def test_attributes_that_pull_against_each_other(user: dict[str, str]) -> None:
     root = etree.fromstring(deployment(), etree.XMLParser(strip_cdata=False))
     smm, secure, scsi = user.pop("smm", None), user.pop("secure", None), user.pop("scsi", None)
     features = root.find("features")
+    if user.pop("hyperv", None):
+        etree.SubElement(features, "hyperv").append(etree.Element("relaxed", state="on"))
     if smm is not None:
         etree.SubElement(features, "smm", state=smm)
     if secure is not None:

@@ -8,12 +8,13 @@ old offset that ``utc``/``localtime`` do not take are dropped). oned's
 FEATURES/LOCALTIME=yes (``offset='localtime'``) wins over the rule's offset.
 
 addon-storpool's hyperv-clock.py ran for every VM with ``<hyperv>`` once installed and
-replaced all timers; here the VM asks for it with T_HV_CLOCK and other timers stay.
+replaced all timers; here the VM asks for it with T_HV_CLOCK and other timers stay. A VM
+that also sets T_HV_TIME=off keeps the hypervclock timer off.
 """
 
 from __future__ import annotations
 
-from ..params import TRUE_WORDS, Bool, Choice
+from ..params import FALSE_WORDS, TRUE_WORDS, Bool, Choice
 from ..tweak import Context, Tweak
 from ._firmware import clock as make_clock
 
@@ -55,7 +56,13 @@ class HypervClock(Tweak):
             for name in OTHER_OFFSET_ATTRS:
                 editor.set_attr(clock, name, None)
             editor.set_attr(clock, "offset", offset)
+        hv_time_off = (ctx.facts.get("user.T_HV_TIME") or "").strip().lower() in FALSE_WORDS
         for name, attrs in TIMERS:
+            if name == "hypervclock" and hv_time_off:
+                # The hyperv rule (before this one) turned hv-time off as the VM asked: that
+                # specific request stands (else each run would flip the timer twice).
+                ctx.note("hypervclock left as T_HV_TIME says")
+                continue
             timer = next((t for t in clock.iterfind("timer") if t.get("name") == name), None)
             if timer is None:
                 editor.add(clock, "timer", {"name": name, **attrs})
