@@ -14,10 +14,11 @@ on x86; elsewhere libvirt would refuse to start the VM).
 
 from __future__ import annotations
 
+from lxml import etree
+
 from ..domain import memory_kib, socket_cells, vcpu_count, vcpu_current, vcpus_layout, write_vcpus
 from ..params import Bool, Int
 from ..tweak import Context, Tweak
-from ._firmware import machine_is_x86
 
 
 class CpuTopology(Tweak):
@@ -56,7 +57,7 @@ class CpuTopology(Tweak):
         cpu = editor.child(ctx.root, "cpu")
         topology = editor.child(cpu, "topology", after=("model", "vendor"))
         editor.set_attrs(topology, {"sockets": sockets, "dies": None, "cores": cores, "threads": threads})
-        if ctx.params["vcpus"] and current <= vcpus and machine_is_x86(ctx.root):
+        if ctx.params["vcpus"] and current <= vcpus and _x86(ctx.root):
             write_vcpus(editor, ctx.root, vcpus_layout(vcpus, current, "yes"))
         if not ctx.params["numa"]:
             return
@@ -84,6 +85,11 @@ class CpuTopology(Tweak):
                 editor.set_attrs(cells[i], attrs)
             else:
                 editor.add(numa, "cell", attrs)
+
+
+def _x86(root: etree._Element) -> bool:
+    os_type = root.find("os/type")
+    return (os_type.get("arch", "") if os_type is not None else "") in ("", "x86_64", "i686")
 
 
 TWEAK = CpuTopology()
