@@ -70,6 +70,10 @@ def run(action: str, data: bytes, ident: int, env: dict[str, str]) -> float:
 
 
 def main() -> int:
+    if "--rbd" in sys.argv[1:]:  # the rbd figures on a live Ceph cluster (bench/bench_rbd.py)
+        from bench_rbd import main as rbd_main
+
+        return rbd_main([a for a in sys.argv[1:] if a != "--rbd"])
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=2048)  # fixed per-action costs hide throughput below ~1 GiB
     ap.add_argument("--runs", type=int, default=3)

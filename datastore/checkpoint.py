@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import subprocess
 
 from lxml import etree
 
@@ -190,8 +191,8 @@ class CheckpointVolume:
     def create(self) -> None:
         """presave: make (or, on a re-run, find) the volume, attach it, link the file.
         Calls: create (1) + attach (1); a re-run: get (1), resize if it is too small."""
-        if not self.enabled:
-            return
+        if not self.enabled or self.network:
+            return   # a network backend keeps the checkpoint as a file until postsave
         drv, call = self.drv, self.call
         size = checkpoint_size(call.memory_mib, margin(drv.config))
         with drv.lock(self.name):
@@ -209,6 +210,51 @@ class CheckpointVolume:
                 if created:
                     drv.backend.delete(self.name)
                 raise
+
+    @property
+    def network(self) -> bool:
+        """The backend's volumes are network disks (rbd): no device on the host to save into;
+        the checkpoint file is copied into a volume after the save and back before the restore
+        (through the front-end: the hosts need no storage credentials)."""
+        return self.drv.backend_class.disk_form == "network"
+
+    def _store(self) -> None:
+        """postsave (network): the host's checkpoint file into the volume, then the file goes."""
+        drv, call = self.drv, self.call
+        shell = drv.shell(call.host)
+        size = int(shell.output(["stat", "-c", "%s", "--", call.file]).strip() or 0)
+        backend = drv.backend
+        with subprocess.Popen(shell.command(["cat", "--", call.file]), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as proc:
+            try:
+                backend.write_stream(self.name, size, proc.stdout, placement=drv.placement(call.ds_id),  # type: ignore[attr-defined]
+                                     tags=tags(drv.names, vm_id=call.vm_id, kind=TYPE_CHECKPOINT, ds_id=call.ds_id))
+            except Conflict:
+                proc.kill()
+                found = backend.get(self.name)
+                if found is None or found.tags.get("nvm") != str(call.vm_id) or found.size != max(size, 1):
+                    raise DriverError(f"{self.name} already exists and is not VM {call.vm_id}'s checkpoint") from None
+        shell.run(["rm", "-f", "--", call.file])
+
+    def _fetch(self) -> None:
+        """prerestore (network): the volume back into the host's checkpoint file."""
+        drv, call = self.drv, self.call
+        shell = drv.shell(call.host)
+        if drv.backend.get(self.name) is None:
+            log.info(f"VM {call.vm_id}: no checkpoint volume {self.name}: the checkpoint is a file")
+            return
+        write = 'set -e; mkdir -p -- "$(dirname -- "$1")"; cat > "$1.part"; mv -f -- "$1.part" "$1"'
+        with subprocess.Popen(shell.command(["sh", "-c", write, "sh", call.file]), stdin=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as proc:
+            try:
+                drv.backend.read_stream(self.name, proc.stdin)  # type: ignore[attr-defined]
+            finally:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            err = proc.stderr.read() if proc.stderr else b""
+            if proc.wait() != 0:
+                why = err.decode(errors="replace").strip()[-200:]
+                raise DriverError(f"{call.host}: cannot write {call.file}: {why}")
 
     def _reuse(self, size: int) -> None:
         found = self.drv.backend.get(self.name)
@@ -229,6 +275,9 @@ class CheckpointVolume:
         """prerestore: attach an existing checkpoint volume (on this or a new host) and link
         the file; no volume (a checkpoint saved as a file) is fine. Calls: attach (1)."""
         with self.drv.lock(self.name):
+            if self.network:
+                self._fetch()
+                return
             try:
                 self._attach_and_link()
             except NotFound:
@@ -238,6 +287,10 @@ class CheckpointVolume:
         """postsave: detach the volume from the host and drop the link; the volume (the
         VM's memory) stays. Calls: detach (1)."""
         with self.drv.lock(self.name):
+            if self.network:
+                if self.enabled:
+                    self._store()
+                return
             self.drv.backend.detach(self.name, self.drv.host(self.call.host), force=True)
             self.drv.shell(self.call.host).run(["sh", "-c", _UNLINK, "sh", self.call.file])
 

@@ -36,7 +36,8 @@ class Driver:
         # the backend's declared attributes (defaults, and which datastore attributes count)
         cls = find(driver)
         self.config = cls.configure(base, attrs) if cls is not None else base.overlay(attrs)
-        self.names = (cls.scheme if cls is not None else Names)(px=self.config.get("ONE_PX") or "one")
+        # a scheme is built from the configuration (rbd's names carry the datastore's POOL_NAME)
+        self.names = (cls.scheme if cls is not None else Names).from_config(self.config)
         self._oned = oned
         self._backend = backend
         self._hosts: dict[str, HostRef] = {}
@@ -107,7 +108,8 @@ class Driver:
         """An exclusive lock on one volume name, held for the block."""
         directory = self.config.get("LOCK_DIR") or LOCK_DIR
         os.makedirs(directory, exist_ok=True)
-        fd = os.open(os.path.join(directory, f"{name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        # a qualified name (rbd: pool/image) is one file too
+        fd = os.open(os.path.join(directory, f"{name.replace('/', '%')}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -97,7 +97,13 @@ class DsAction:
 
     def source_volume(self, source: str, what: str = "SOURCE") -> str:
         """The volume an image SOURCE (or a clone's PATH) names, in the driver's SOURCE form."""
-        return volume_from_source(self.names.source_volume(source), what)
+        volume = self.names.source_volume(source)
+        if self.names.qualified:  # pool/name (rbd): both parts checked, the pool kept
+            pool, slash, name = volume.partition("/")
+            if not slash:
+                raise DriverError(f"image {what} {source!r} does not name an image as pool/name")
+            return f"{check_volume(pool, what)}/{check_volume(name, what)}"
+        return volume_from_source(volume, what)
 
     def snapshot_id(self) -> int:
         snap = xmldoc.integer(self.image, "TARGET_SNAPSHOT", f"{self.request.action}: IMAGE")
@@ -125,6 +131,8 @@ class DsAction:
     def staging_host(self, seed: int, attr: str = "BRIDGE_LIST") -> str:
         """The host that stages data: one of BRIDGE_LIST (round robin by ``seed``, so a re-run
         picks the same one), or "" (the front-end itself) when the list is empty."""
+        if self.driver.backend_class.disk_form == "network":
+            return ""   # a network backend's data is reached from the front-end itself (rbd: librbd)
         hosts = paths.host_list(self.setting(attr), attr) or paths.host_list(self.setting("BRIDGE_LIST"), "BRIDGE_LIST")
         return hosts[seed % len(hosts)] if hosts else ""
 
@@ -197,7 +205,7 @@ class DsAction:
         """Put the image file ``source`` (on the front-end, format ``fmt``) onto ``device`` of
         the staging host as raw data."""
         timeout = self.seconds("IMPORT_TIMEOUT", 86400)
-        if shell.local and fmt == "raw":
+        if shell.local and fmt == "raw" and not images.is_target(device):
             # a raw image needs no conversion: a straight direct-I/O copy is what dd does
             shell.run(["dd", f"if={source}", f"of={device}", "bs=4M", "oflag=direct", "conv=fsync",
                        "status=none"], timeout=timeout)

@@ -248,6 +248,23 @@ def convert_argv(src: str, fmt: str, device: str, *, cache: str = "none") -> lis
     return [*argv, src, device]
 
 
+def is_target(device: str) -> bool:
+    """A network backend's protocol target (``rbd:pool/image...``) rather than a device path:
+    only qemu-img reaches it (no dd, no mkfs, no link on a host)."""
+    return not device.startswith("/")
+
+
+def format_into(shell: Host, mkfs: Sequence[str], target: str, size: int, scratch: str, *,
+                timeout: float = 3600) -> None:
+    """Make a file system (``mkfs`` argv without the device) on the network ``target`` of
+    ``size`` bytes: formatted in a sparse scratch file on ``shell``'s host, copied with
+    qemu-img (zeros skipped), the scratch file removed however it ends."""
+    with removing(scratch, shell):
+        shell.run(["truncate", "-s", str(size), "--", scratch])
+        shell.run([*mkfs, scratch], timeout=timeout)
+        shell.run(convert_argv(scratch, "raw", target, cache=""), timeout=timeout)
+
+
 # --- http(s) ----------------------------------------------------------------------------------
 
 

@@ -11,9 +11,12 @@ so the actions never spell a name themselves.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from tweaks.record import record
+
+if TYPE_CHECKING:
+    from onelib.config import Config
 
 
 @record
@@ -22,6 +25,12 @@ class Names:
     # addon-linstor_un records the system datastore of a VM's disk (Aux/one/DS_ID) and marks a
     # persistent image with the VM using it; addon-storpool's tags have neither
     ds_tag: ClassVar[bool] = False
+    # names carry their pool, ``pool/name`` (rbd); every other scheme's names are flat
+    qualified: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Names:
+        return cls(px=config.get("ONE_PX") or "one")
 
     def template(self, ds_id: int) -> str:
         return f"{self.px}-ds-{ds_id}"

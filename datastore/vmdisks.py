@@ -23,6 +23,8 @@ from onelib.errors import DriverError
 from tweaks.record import record
 
 _VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+# the same with the pool in front, for schemes whose names carry it (Names.qualified: rbd)
+_QUALIFIED = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 @record
@@ -53,7 +55,7 @@ class VmDisk:
             # the image's own volume: its SOURCE (images imported under other names keep
             # them), else addon-storpool's name for the image
             source = names.source_volume(self.source) if self.source else ""
-            if source and _VOLUME.fullmatch(source):
+            if source and (_QUALIFIED if names.qualified else _VOLUME).fullmatch(source):
                 return source
             return names.image(self.image_id)
         return names.clone(self.image_id, vm_id, self.disk_id)

@@ -100,8 +100,8 @@ def _datastore(attrs: dict[str, str], tm_mad: str = "toy") -> etree._Element:
 def test_the_registry_finds_a_backend_module(toy: Path) -> None:
     cls = registry.backend_class("toy")
     assert cls.__name__ == "Toy" and cls.__module__ == "datastore.backends.toy"
-    assert registry.drivers() == ["linstor_un", "storpool", "toy"]
-    assert registry.disk_forms() == {"linstor_un": "block", "storpool": "block", "toy": "network"}
+    assert registry.drivers() == ["linstor_un", "rbd", "storpool", "toy"]
+    assert registry.disk_forms() == {"linstor_un": "block", "rbd": "network", "storpool": "block", "toy": "network"}
     assert for_driver("toy", "two").image(7) == "two-toy-7"        # the backend's naming scheme
     assert for_driver("storpool").image(7) == "one-img-7"
     assert registry.find("ssh") is None and registry.find("") is None
@@ -140,7 +140,7 @@ def test_configuration_keeps_the_attributes_the_backend_declares(toy: Path, tmp_
 
 
 def test_install_writes_what_the_backend_declares(toy: Path, tmp_path: Path) -> None:
-    assert plan.known_drivers() == ["linstor_un", "storpool", "toy"]
+    assert plan.known_drivers() == ["linstor_un", "rbd", "storpool", "toy"]
     built = plan.build()
     for action in plan.actions("tm"):
         assert built.scripts[f"tm/toy/{action}"] == f"#!{built.interpreter}\nfrom tm.entry import tm_main\ntm_main()\n"
@@ -217,9 +217,9 @@ def test_storage_facts_come_from_the_declarations(toy: Path) -> None:
     system = oned_sim.datastore_document(101, "toy-system", ds_type="SYSTEM_DS", tm_mad="toy",
                                          attrs={"TOY_POOL": "fast"})
     scalars, disks = storage_facts(vm, system)
-    assert scalars["storage.tm_mads"] == "linstor_un,storpool,toy"
+    assert scalars["storage.tm_mads"] == "linstor_un,rbd,storpool,toy"
     assert scalars["storage.block_tm_mads"] == "linstor_un,storpool"
-    assert scalars["storage.network_tm_mads"] == "toy"
+    assert scalars["storage.network_tm_mads"] == "rbd,toy"
     assert scalars["system_ds.ID"] == "101" and scalars["system_ds.TM_MAD"] == "toy"
     assert scalars["system_ds.TOY_POOL"] == "fast"
     # image disk 0 on storpool, volatile disk 1 and the context (3) on the toy system datastore,

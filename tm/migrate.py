@@ -113,7 +113,8 @@ def move_system_volumes(drv: Driver, vm: etree._Element, vm_id: int, src: str, d
         drv.backend.detach_many([name for name, _ in items], drv.host(src), force=True)
 
 
-_PACK = 'if [ -d "$1" ]; then exec tar -C "$1" --exclude "$2" -cf - .; fi'
+_PACK = ('if [ ! -d "$1" ]; then exit 0; fi; if [ -n "$2" ]; then exec tar -C "$1" --exclude "$2" -cf - .; fi; '
+         'exec tar -C "$1" -cf - .')
 _UNPACK = 'set -e; mkdir -p -- "$1"; exec tar -C "$1" -xf -'
 
 
@@ -121,7 +122,9 @@ def copy_dir(drv: Driver, src: str, dst: str, src_dir: str, dst_dir: str | None 
     """The VM directory's files (not the disk links) from one host to another, through the
     front-end; nothing when the source has no such directory (a re-run after the copy and
     the removal)."""
-    data = drv.shell(src).run(["sh", "-c", _PACK, "sh", src_dir, COPY_EXCLUDE]).stdout
+    # a network backend's disk.N are real files (the context ISO), no links to devices: they go too
+    exclude = "" if drv.backend_class.disk_form == "network" else COPY_EXCLUDE
+    data = drv.shell(src).run(["sh", "-c", _PACK, "sh", src_dir, exclude]).stdout
     if data:
         drv.shell(dst).run(["sh", "-c", _UNPACK, "sh", dst_dir or src_dir], input=data)
 

@@ -17,6 +17,7 @@ from onelib.hostcmd import Host
 from .common import DiskPath, VmDisk, link, system_ds_of
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_QUALIFIED = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 MKFS = {"ext2": ["mkfs.ext2", "-F", "-q"], "ext3": ["mkfs.ext3", "-F", "-q"], "ext4": ["mkfs.ext4", "-F", "-q"],
         "xfs": ["mkfs.xfs", "-f", "-q"], "vfat": ["mkfs.vfat"], "btrfs": ["mkfs.btrfs", "-f", "-q"]}
 
@@ -27,7 +28,8 @@ def volume_name(raw: str, names: Names | None = None) -> str:
     name = raw.rpartition(":")[2] if ":" in raw else raw
     if names is not None:
         name = names.source_volume(name)
-    if not _NAME.fullmatch(name):
+    pattern = _QUALIFIED if names is not None and names.qualified else _NAME
+    if not pattern.fullmatch(name):
         raise DriverError(f"volume name {raw!r} is not acceptable")
     return name
 
@@ -52,7 +54,7 @@ def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement
             wanted_tags = tags(drv.names, vm_id=vm_id, kind=disk.type_tag, disk_id=disk.disk_id, ds_id=ds_id)
             try:
                 if mode == "clone":
-                    backend.clone(volume_name(source), name, placement=placement, tags=wanted_tags,
+                    backend.clone(volume_name(source, drv.names), name, placement=placement, tags=wanted_tags,
                                   size=size or None, from_snapshot=False)
                 else:
                     backend.create(name, size, placement=placement, tags=wanted_tags)
@@ -61,9 +63,16 @@ def provision(drv: Driver, disk: VmDisk, dst: DiskPath, vm_id: int, *, placement
                 _check_ours(drv, name, vm_id, disk.disk_id)
         try:
             device = backend.attach(name, host, readonly=readonly)
-            if mode == "create" and (created or _blank(shell, device)):
-                _format(shell, device, disk)
-            link(shell, dst.path, device)
+            if backend.disk_form == "network":
+                # qemu opens the volume itself: no device, no disk.N link on the host; a new
+                # volatile disk is formatted on the front-end (a crash before that leaves it
+                # blank: the re-run finds it and does not format it)
+                if mode == "create" and created and (disk.swap or disk.fs):
+                    _format_network(drv, device, disk, size, name)
+            else:
+                if mode == "create" and (created or _blank(shell, device)):
+                    _format(shell, device, disk)
+                link(shell, dst.path, device)
         except BaseException:
             if created:
                 backend.delete(name)
@@ -87,6 +96,17 @@ def _blank(shell: Host, device: str) -> bool:
     if probe.returncode not in (0, 2):
         raise DriverError(f"blkid {device} failed: {probe.stderr.decode(errors='replace').strip()[-200:]}")
     return probe.returncode == 2
+
+
+def _format_network(drv: Driver, target: str, disk: VmDisk, size: int, name: str) -> None:
+    from datastore import images
+
+    command = ["mkswap", "-f"] if disk.swap else MKFS.get(disk.fs.lower())
+    if command is None:
+        raise DriverError(f"file system {disk.fs!r} is not supported (use {', '.join(MKFS)})")
+    directory = drv.config.get("STAGING_DIR") or "/var/tmp"
+    scratch = f"{directory.rstrip('/')}/{name.replace('/', '_')}.mkfs"
+    images.format_into(Host(""), command, target, size, scratch)
 
 
 def _format(shell: Host, device: str, disk: VmDisk) -> None:

@@ -69,7 +69,12 @@ def run(request: DsRequest) -> str:
         act.require_absent(final)
 
         def write(shell: Host, device: str) -> None:
-            shell.run([*MKFS[fs], device], timeout=act.seconds("MKFS_TIMEOUT", 3600))
+            timeout = act.seconds("MKFS_TIMEOUT", 3600)
+            if images.is_target(device):  # a network backend (rbd): format a scratch file, copy it
+                scratch = f"{act.staging_dir()}/{final.replace('/', '_')}.mkfs"
+                images.format_into(shell, MKFS[fs], device, size, scratch, timeout=timeout)
+            else:
+                shell.run([*MKFS[fs], device], timeout=timeout)
 
         act.fill_volume(final=final, size=size, placement=placement, tags=tags, host_name=host_name,
                         staging=act.staging_name(image_id), write=write)

@@ -80,7 +80,16 @@ def build_iso(files: list[str], tmp: str) -> str:
     return iso
 
 
+_WRITE_FILE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; cat > "$1.tmp"; mv -f -- "$1.tmp" "$1"'
+
+
 def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) -> None:
+    if drv.backend_class.disk_form == "network":
+        # network disks (rbd): the context ISO stays a file disk.N on the host, as OpenNebula's
+        # ceph driver keeps it (oned's domain XML names that file)
+        with open(iso, "rb") as fh:
+            drv.shell(dst.host).run(["sh", "-c", _WRITE_FILE, "sh", dst.path], input=fh.read())
+        return
     name = drv.names.context(vm_id, dst.disk_id)
     size = -(-os.path.getsize(iso) // MIB) * MIB
     host = drv.host(dst.host)
