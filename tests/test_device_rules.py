@@ -125,7 +125,8 @@ def test_fragment_capability_is_declared_by_the_device_tweaks() -> None:
     assert capable == {
         "blk_queues": ("disk",), "context_block": ("disk",), "context_cache": ("disk",), "disk_driver": ("disk",),
         "disk_serial": ("disk",), "ioeventfd": ("disk", "controller"), "iothreads": ("disk", "controller"),
-        "nic_queues": ("interface",), "scsi_queues": ("controller",), "volatile_block": ("disk",)}
+        "nic_queues": ("interface",), "scsi_queues": ("controller",), "volatile_block": ("disk",),
+        "volatile_network": ("disk",), "context_network": ("disk",)}
 
 
 def test_only_disks_and_interfaces() -> None:
