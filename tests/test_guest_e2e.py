@@ -47,7 +47,7 @@ DEPLOY = drivers.KVM / "deploy-tweaks"
 RESIZE_DISK = drivers.KVM / "resize_disk-tweaks"
 VM_ID = 7342                      # domain one-7342: unlikely to meet another test's domain
 IMAGE, DATABLOCK = 70, 71         # image ids
-VCPU, VCPU_MAX = 1, 2             # <vcpu current='1'>2</vcpu>: qemu's default queue count would be 1
+VCPU, VCPU_MAX = 2, 4             # <vcpu current='2'>4</vcpu>: queues follow the vCPUs online at boot
 DATABLOCK_MB, VOLATILE_MB, VOLATILE_GROWN_MB = 64, 96, 160
 ROOT_EXTRA_MB = 128               # the root disk's SIZE is the image's plus this (clone grows it)
 BOOT_LIMIT = 60.0                 # seconds from deploy to the agent's answer (TCG)
@@ -99,7 +99,7 @@ def make_datablock(cloud: Cloud, image_id: int, size_mb: int) -> str:
 
 
 def shape_vm(vm: etree._Element, image: GuestImage) -> None:
-    """vm-42.xml's template made this VM's: direct kernel boot, VCPU 1 of VCPU_MAX 2, 512 MB,
+    """vm-42.xml's template made this VM's: direct kernel boot, VCPU 2 of VCPU_MAX 4, 512 MB,
     the guest agent; no NIC, graphics, video, UEFI or oned-set queues/iothreads."""
     tpl = vm.find("TEMPLATE")
     assert tpl is not None
@@ -346,19 +346,19 @@ def _check_inside(cloud: Cloud, name: str, image: GuestImage, root_mb: int, volu
                   context_line: str) -> None:
     """What the guest itself sees."""
     # the tweaks reached libvirt: virtio-blk disks and the virtio-scsi controller got one queue
-    # per vCPU (VCPU_MAX), two iothreads; the volatile and context disks stayed/became block
+    # per vCPU online at boot (VCPU, not VCPU_MAX), two iothreads; the volatile and context disks stayed/became block
     live = dumpxml(name)
     queues = {d.get("dev"): d.getparent().find("driver").get("queues")  # type: ignore[union-attr]
               for d in live.iterfind("devices/disk/target[@bus='virtio']")}
-    assert queues == {"vda": str(VCPU_MAX), "vdb": str(VCPU_MAX)}
+    assert queues == {"vda": str(VCPU), "vdb": str(VCPU)}
     scsi = live.find("devices/controller[@model='virtio-scsi']/driver")
-    assert scsi is not None and scsi.get("queues") == str(VCPU_MAX)
+    assert scsi is not None and scsi.get("queues") == str(VCPU)
     assert [d.get("type") for d in live.iterfind("devices/disk")] == ["block"] * 4
     assert len(qmp(name, "query-iothreads")) == 2
 
-    # vCPUs: one online of two possible, so qemu's own default would have been one queue
-    assert guest_check(name, ["/bin/cat", "/sys/devices/system/cpu/online"]).strip() == "0"
-    assert guest_check(name, ["/bin/cat", "/sys/devices/system/cpu/possible"]).strip() == "0-1"
+    # vCPUs: two online of four possible (hot-plug room); one queue per boot vCPU
+    assert guest_check(name, ["/bin/cat", "/sys/devices/system/cpu/online"]).strip() == "0-1"
+    assert guest_check(name, ["/bin/cat", "/sys/devices/system/cpu/possible"]).strip() == "0-3"
     assert {dev: mq_count(name, dev) for dev in ("vda", "vdb", "sda")} == {"vda": 2, "vdb": 2, "sda": 2}
 
     # every disk with its size
