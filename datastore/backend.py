@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import IO, TYPE_CHECKING, ClassVar
 
 from onelib.errors import Conflict, DriverError
 from tweaks.record import field, record
@@ -348,6 +348,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def device_path(self, name: str, host: HostRef) -> str: ...
+
+    # --- streams (network disks: a host's file <-> a volume, through the front-end) ---------
+    def write_stream(self, name: str, size: int, stream: IO[bytes], *, placement: str,
+                     tags: Mapping[str, str]) -> None:
+        """A new volume ``name`` holding the ``size`` bytes read from ``stream``: complete or
+        absent whatever fails; Conflict when it exists."""
+        raise DriverError(f"the {self.name or type(self).__name__} backend cannot write a volume from a stream")
+
+    def read_stream(self, name: str, out: IO[bytes]) -> int:
+        """Write volume ``name``'s bytes to ``out``; returns how many."""
+        raise DriverError(f"the {self.name or type(self).__name__} backend cannot read a volume into a stream")
 
     # --- remote copies ---------------------------------------------------------------------
     def backup_remote(self, name: str, location: str, tags: Mapping[str, str] | None = None) -> str:

@@ -226,8 +226,9 @@ class CheckpointVolume:
         backend = drv.backend
         with subprocess.Popen(shell.command(["cat", "--", call.file]), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
             try:
-                backend.write_stream(self.name, size, proc.stdout, placement=drv.placement(call.ds_id),  # type: ignore[attr-defined]
+                backend.write_stream(self.name, size, proc.stdout, placement=drv.placement(call.ds_id),
                                      tags=tags(drv.names, vm_id=call.vm_id, kind=TYPE_CHECKPOINT, ds_id=call.ds_id))
             except Conflict:
                 proc.kill()
@@ -246,10 +247,10 @@ class CheckpointVolume:
         write = 'set -e; mkdir -p -- "$(dirname -- "$1")"; cat > "$1.part"; mv -f -- "$1.part" "$1"'
         with subprocess.Popen(shell.command(["sh", "-c", write, "sh", call.file]), stdin=subprocess.PIPE,
                               stderr=subprocess.PIPE) as proc:
+            assert proc.stdin is not None
             try:
-                drv.backend.read_stream(self.name, proc.stdin)  # type: ignore[attr-defined]
+                drv.backend.read_stream(self.name, proc.stdin)
             finally:
-                assert proc.stdin is not None
                 proc.stdin.close()
             err = proc.stderr.read() if proc.stderr else b""
             if proc.wait() != 0:

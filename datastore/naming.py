@@ -27,89 +27,123 @@ class Names:
     ds_tag: ClassVar[bool] = False
     # names carry their pool, ``pool/name`` (rbd); every other scheme's names are flat
     qualified: ClassVar[bool] = False
+    # The shapes of the names (str.format fields: px, ds, image, digest, vm, disk, kind (raw or
+    # swap), volume, snap, time, app). A scheme that only names things differently overrides
+    # these; the methods below make the names and parse them back from the same shapes.
+    TEMPLATE: ClassVar[str] = "{px}-ds-{ds}"
+    IMAGE: ClassVar[str] = "{px}-img-{image}"
+    STAGING: ClassVar[str] = "{px}-img-{image}-{digest}"
+    CLONE: ClassVar[str] = "{px}-img-{image}-{vm}-{disk}"    # a non-persistent disk (and a CD-ROM clone)
+    VOLATILE: ClassVar[str] = "{px}-sys-{vm}-{disk}-{kind}"
+    CONTEXT: ClassVar[str] = "{px}-sys-{vm}-{disk}-iso"
+    CHECKPOINT: ClassVar[str] = "{px}-sys-{vm}-rawcheckpoint"
+    NVRAM: ClassVar[str] = "{px}-sys-{vm}-NVRAM"
+    VM_PREFIX: ClassVar[str] = "{px}-sys-{vm}-"
+    RESTORED: ClassVar[str] = "{px}-img-restored-{time}"   # an image `one-tweaks trash restore` made
+    DISK_SNAPSHOT: ClassVar[str] = "{volume}-snap{snap}"
+    VM_SNAPSHOT: ClassVar[str] = "{volume}-ONESNAP-{snap}-{time}"
+    BACKUP_SNAPSHOT: ClassVar[str] = "{volume}-ONEBACKUP-{time}"
+    EXPORT_SNAPSHOT: ClassVar[str] = "{volume}-export-{app}"   # what a marketplace export reads
+    # what a volume name matches (split_vm_snapshot), and what precedes a qualified name
+    VOLUME_RE: ClassVar[str] = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+    QUALIFIER_RE: ClassVar[str] = ""
 
     @classmethod
     def from_config(cls, config: Config) -> Names:
         return cls(px=config.get("ONE_PX") or "one")
 
+    def _name(self, shape: str, **fields: object) -> str:
+        """A volume name of ``shape`` (a qualified scheme puts its pool in front)."""
+        return shape.format(px=self.px, **fields)
+
     def template(self, ds_id: int) -> str:
-        return f"{self.px}-ds-{ds_id}"
+        return self._name(self.TEMPLATE, ds=ds_id)
 
     def image(self, image_id: int) -> str:
-        return f"{self.px}-img-{image_id}"
+        return self._name(self.IMAGE, image=image_id)
 
     def staging(self, image_id: int, digest: str) -> str:
-        return f"{self.px}-img-{image_id}-{digest}"
+        return self._name(self.STAGING, image=image_id, digest=digest)
 
     def clone(self, image_id: int, vm_id: int, disk_id: int) -> str:
         """A non-persistent disk (and a CD-ROM attachment) made from an image."""
-        return f"{self.px}-img-{image_id}-{vm_id}-{disk_id}"
+        return self._name(self.CLONE, image=image_id, vm=vm_id, disk=disk_id)
 
     def volatile(self, vm_id: int, disk_id: int, swap: bool = False) -> str:
-        return f"{self.px}-sys-{vm_id}-{disk_id}-{'swap' if swap else 'raw'}"
+        return self._name(self.VOLATILE, vm=vm_id, disk=disk_id, kind="swap" if swap else "raw")
 
     def context(self, vm_id: int, disk_id: int) -> str:
-        return f"{self.px}-sys-{vm_id}-{disk_id}-iso"
+        return self._name(self.CONTEXT, vm=vm_id, disk=disk_id)
 
     def checkpoint(self, vm_id: int) -> str:
-        return f"{self.px}-sys-{vm_id}-rawcheckpoint"
+        return self._name(self.CHECKPOINT, vm=vm_id)
 
     def nvram(self, vm_id: int) -> str:
-        return f"{self.px}-sys-{vm_id}-NVRAM"
+        return self._name(self.NVRAM, vm=vm_id)
 
     def vm_prefix(self, vm_id: int) -> str:
-        return f"{self.px}-sys-{vm_id}-"
+        return self._name(self.VM_PREFIX, vm=vm_id)
 
-    @staticmethod
-    def disk_snapshot(volume: str, snap_id: int) -> str:
-        return f"{volume}-snap{snap_id}"
+    def restored(self, timestamp: int) -> str:
+        """The volume of an image ``one-tweaks trash restore`` registers (never the name of
+        another image's volume)."""
+        return self._name(self.RESTORED, time=timestamp)
 
-    @staticmethod
-    def vm_snapshot(volume: str, snap_id: int, timestamp: int) -> str:
-        return f"{volume}-ONESNAP-{snap_id}-{timestamp}"
+    @classmethod
+    def disk_snapshot(cls, volume: str, snap_id: int) -> str:
+        return cls.DISK_SNAPSHOT.format(volume=volume, snap=snap_id)
 
-    @staticmethod
-    def backup_snapshot(volume: str, timestamp: int) -> str:
-        return f"{volume}-ONEBACKUP-{timestamp}"
+    @classmethod
+    def vm_snapshot(cls, volume: str, snap_id: int, timestamp: int) -> str:
+        return cls.VM_SNAPSHOT.format(volume=volume, snap=snap_id, time=timestamp)
 
-    @staticmethod
-    def export_snapshot(volume: str, app_id: int) -> str:
+    @classmethod
+    def backup_snapshot(cls, volume: str, timestamp: int) -> str:
+        return cls.BACKUP_SNAPSHOT.format(volume=volume, time=timestamp)
+
+    @classmethod
+    def export_snapshot(cls, volume: str, app_id: int) -> str:
         """The snapshot a marketplace export reads from (deleted before export returns)."""
-        return f"{volume}-export-{app_id}"
+        return cls.EXPORT_SNAPSHOT.format(volume=volume, app=app_id)
 
     # --- parsing names back --------------------------------------------------------------------
-    @staticmethod
-    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
+    @classmethod
+    def split_vm_snapshot(cls, name: str) -> tuple[str, int, int] | None:
         """(volume, VM snapshot id, timestamp) of a VM snapshot name, else None."""
-        match = _ONESNAP.fullmatch(name)
+        match = _shape(cls.VM_SNAPSHOT, volume=f"({cls.VOLUME_RE})", snap=_ID9, time=_TIME).fullmatch(name)
         return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
 
-    @staticmethod
-    def disk_snapshot_prefix(volume: str) -> str:
+    @classmethod
+    def disk_snapshot_prefix(cls, volume: str) -> str:
         """What every disk snapshot name of ``volume`` starts with."""
-        return f"{volume}-snap"
+        return cls.DISK_SNAPSHOT.split("{snap}", 1)[0].format(volume=volume)
 
-    @staticmethod
-    def disk_snapshot_id(volume: str, name: str) -> int | None:
+    @classmethod
+    def disk_snapshot_id(cls, volume: str, name: str) -> int | None:
         """The snapshot id when ``name`` is a disk snapshot of ``volume``, else None."""
-        match = re.fullmatch(re.escape(volume) + r"-snap([0-9]{1,10})", name)
+        match = _shape(cls.DISK_SNAPSHOT, volume=re.escape(volume), snap=_ID).fullmatch(name)
         return int(match.group(1)) if match else None
 
-    @staticmethod
-    def split_disk_snapshot(name: str) -> tuple[str, int] | None:
+    @classmethod
+    def split_disk_snapshot(cls, name: str) -> tuple[str, int] | None:
         """(volume, snapshot id) of a disk snapshot name, else None."""
-        match = re.fullmatch(r"(.+)-snap([0-9]{1,10})", name)
+        match = _shape(cls.DISK_SNAPSHOT, volume="(.+)", snap=_ID).fullmatch(name)
         return (match.group(1), int(match.group(2))) if match else None
 
     def disk_owner(self, volume: str) -> tuple[int, int] | None:
         """(VM id, disk id) of a VM's own disk volume (image clone, volatile disk, context)."""
-        px = re.escape(self.px)
-        n = "([0-9]{1,10})"
-        for pattern in (rf"{px}-img-{n[1:-1]}-{n}-{n}", rf"{px}-sys-{n}-{n}-(?:raw|swap|iso)"):
-            match = re.fullmatch(pattern, volume)
+        fields = {"px": re.escape(self.px), "vm": _ID, "disk": _ID}
+        for shape in (self.CLONE, self.VOLATILE, self.CONTEXT):
+            pattern = _shape(shape, image=_ID[1:-1], kind="(?:raw|swap)", **fields)
+            match = re.fullmatch(self.QUALIFIER_RE + pattern.pattern, volume)
             if match:
                 return int(match.group(1)), int(match.group(2))
         return None
+
+    def is_restored(self, volume: str) -> bool:
+        """``volume`` has the name ``restored`` gives (``trash.restored_volume``)."""
+        pattern = _shape(self.RESTORED, px=re.escape(self.px), time="[0-9]{1,12}")
+        return re.fullmatch(self.QUALIFIER_RE + pattern.pattern, volume) is not None
 
     # --- image SOURCE ----------------------------------------------------------------------------
     @staticmethod
@@ -117,14 +151,24 @@ class Names:
         """The image SOURCE a DS action prints for ``volume`` (addon-storpool: the name)."""
         return volume
 
-    @staticmethod
-    def source_volume(source: str) -> str:
+    def source_volume(self, source: str) -> str:
         """The volume an image SOURCE names, in this driver's SOURCE form (addon-storpool's
         SOURCE is the name itself: returned as given, the callers check it)."""
         return source
 
 
-_ONESNAP = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)-ONESNAP-([0-9]{1,9})-([0-9]{1,12})")
+_ID = "([0-9]{1,10})"
+_ID9 = "([0-9]{1,9})"
+_TIME = "([0-9]{1,12})"
+
+
+def _shape(shape: str, **fields: str) -> re.Pattern[str]:
+    """``shape`` (a name's str.format shape) as a regular expression: its text literally,
+    each field as the expression given for it."""
+    parts = re.split(r"\{(\w+)\}", shape)
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else fields[p] for i, p in enumerate(parts)))
+
+
 def for_driver(driver: str, px: str = "one") -> Names:
     """The naming scheme of a driver: its backend's ``scheme`` (addon-storpool's for a driver
     no backend serves)."""

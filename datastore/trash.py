@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from onelib.errors import DriverError, Transient
 from .backend import Backend, Volume
 from .backends import all_backends
 from .driver import Driver
+from .naming import Names
 
 MIB = 1024 * 1024
 
@@ -69,27 +69,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def restored_source(px: str) -> str:
-    """The volume name (and SOURCE) of an image ``trash restore`` registers."""
-    return f"{px}-img-restored-{int(time.time())}"
-
-
 # tag of a restored image's volume: the id of the image ``trash restore`` registered for it
 RESTORED_TAG = "restored"
 
 
-def is_restored(px: str, volume: str) -> bool:
-    """``volume`` has the name ``trash restore`` gives an image's volume: never the name of
-    another image's volume (those are ``<px>-img-<ID>``). DS rm takes it from SOURCE only
-    when its RESTORED_TAG names the image being deleted (``restored_volume``)."""
-    return re.fullmatch(re.escape(px) + r"-img-restored-[0-9]{1,12}", volume) is not None
-
-
-def restored_volume(backend: Backend, px: str, volume: str, image_id: int) -> bool:
-    """``volume`` is the volume ``trash restore`` made for image ``image_id`` (1-2 calls):
-    a SOURCE can name a restored volume another image owns (an image registered by hand
-    with that SOURCE), whose deletion must not take it."""
-    if not is_restored(px, volume):
+def restored_volume(backend: Backend, names: Names, volume: str, image_id: int) -> bool:
+    """``volume`` is the volume ``trash restore`` made for image ``image_id`` (1-2 calls).
+    Its name (``Names.restored``) is never another image's volume name, but a SOURCE can
+    name a restored volume another image owns (an image registered by hand with that
+    SOURCE), whose deletion must not take it: DS rm takes it only when its RESTORED_TAG
+    names the image being deleted."""
+    if not names.is_restored(volume):
         return False
     found = backend.get(volume)
     return found is not None and not found.snapshot and found.tags.get(RESTORED_TAG) == str(image_id)
@@ -100,30 +90,31 @@ def cmd_restore(args: argparse.Namespace) -> int:
     snap = drv.backend.get(args.snapshot)
     if snap is None or not snap.snapshot or not snap.tags.get("trash"):
         raise DriverError(f"{args.snapshot} is not a deleted disk waiting in the trash (see: one-tweaks trash list)")
-    source = restored_source(drv.names.px)
+    volume = drv.names.restored(int(time.time()))
+    source = drv.names.source(volume)   # the SOURCE the driver's own DS actions print
     name = args.name or f"restored {snap.tags['trash']}"
     template = (f'NAME="{_quote(name)}"\nSOURCE="{source}"\nSIZE="{max(snap.size // MIB, 1)}"\n'
                 f'FORMAT="raw"\nTYPE="DATABLOCK"\nPERSISTENT="NO"\n'
                 f'DESCRIPTION="restored from {snap.name}"\n')
-    with drv.lock(source):
-        drv.backend.clone(snap.name, source, placement=drv.placement(), from_snapshot=True,
+    with drv.lock(volume):
+        drv.backend.clone(snap.name, volume, placement=drv.placement(), from_snapshot=True,
                           tags={"virt": "one", "nloc": drv.names.px})
         try:
             image_id = drv.oned.image_allocate(template, drv.ds_id)
         except Transient as exc:
             # no reply: oned may have registered the image over this volume, so it stays
-            raise Transient(f"{exc}; whether image {name!r} was registered is unknown, so its volume {source} "
+            raise Transient(f"{exc}; whether image {name!r} was registered is unknown, so its volume {volume} "
                             f"is kept: if `oneimage list` shows no image with SOURCE {source}, that volume is left "
                             f"over (remove it in the {drv.driver} storage) and the restore can be run again") from None
         except BaseException:
-            drv.backend.delete(source)
+            drv.backend.delete(volume)
             raise
         try:
-            drv.backend.set_tags(source, {RESTORED_TAG: str(image_id)})
+            drv.backend.set_tags(volume, {RESTORED_TAG: str(image_id)})
         except DriverError as exc:
-            raise DriverError(f"image {image_id} was registered, but its volume {source} could not be marked as "
+            raise DriverError(f"image {image_id} was registered, but its volume {volume} could not be marked as "
                               f"its own ({exc}): deleting the image will keep the volume") from None
-    print(f"image {image_id} ({name}) restored from {snap.name} as volume {source}")
+    print(f"image {image_id} ({name}) restored from {snap.name} as volume {volume}")
     return 0
 
 

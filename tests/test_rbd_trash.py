@@ -41,4 +41,13 @@ def test_deleted_disk_waits_in_the_rbd_trash_and_comes_back(rbd_cloud: RbdCloud)
                               env=rbd_cloud.env, timeout=120)
     assert restored.returncode == 0, restored.stderr.decode()
     assert ceph.rbd_trash(POOL) == []
-    assert any(n.startswith("one-img-restored-") for n in ceph.rbd_ls(POOL))
+    names = [n for n in ceph.rbd_ls(POOL) if n.startswith("one-img-restored-")]
+    assert len(names) == 1
+    # the new image's SOURCE is <POOL_NAME>/<image>, as the stock ceph driver's (and our DS cp's)
+    image_id = int(restored.stdout.decode().split()[1])
+    image = rbd_cloud.oned.image(image_id)
+    assert image.findtext("SOURCE") == f"{POOL}/{names[0]}"
+    # ... and the DS actions find the volume through it: rm of that image removes it
+    done = rbd_cloud.run_ds("rm", rbd_cloud.ds_message(image), image_id)
+    assert done.returncode == 0, done.stderr.decode()
+    assert ceph.rbd_ls(POOL) == ["one-7"]

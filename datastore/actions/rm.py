@@ -94,7 +94,7 @@ def run(request: DsRequest) -> str:
     final = act.names.image(image_id)
     source = xmldoc.text(act.image, "SOURCE")
     restored = act.names.source_volume(source) if source else ""
-    if restored and restored_volume(act.driver.backend, act.names.px, restored, image_id):
+    if restored and restored_volume(act.driver.backend, act.names, restored, image_id):
         final = restored  # the volume `one-tweaks trash restore` made for this image
     staging = act.staging_name(image_id)
     setting = act.setting("REMOTE_BACKUP_DELETE")

@@ -33,7 +33,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from onelib.config import Config
 from onelib.errors import Conflict, DriverError, NotFound, Transient
@@ -73,90 +73,37 @@ def _lib() -> tuple[Any, Any]:
 
 @record
 class RbdNames(Names):
-    """The stock ceph drivers' names, qualified with the pool (``POOL_NAME``)."""
+    """The stock ceph drivers' names, qualified with the pool (``POOL_NAME``): the shapes of
+    ``Names`` with the stock driver's spelling."""
 
     pool: str = "one"
     qualified: ClassVar[bool] = True
+    IMAGE: ClassVar[str] = "{px}-{image}"
+    STAGING: ClassVar[str] = "{px}-{image}.import-{digest8}"
+    CLONE: ClassVar[str] = "{px}-{image}-{vm}-{disk}"
+    VOLATILE: ClassVar[str] = "{px}-sys-{vm}-{disk}"
+    CONTEXT: ClassVar[str] = "{px}-sys-{vm}-{disk}"
+    CHECKPOINT: ClassVar[str] = "{px}-sys-{vm}-checkpoint"
+    NVRAM: ClassVar[str] = "{px}-sys-{vm}-nvram"
+    DISK_SNAPSHOT: ClassVar[str] = "{volume}@{snap}"
+    VM_SNAPSHOT: ClassVar[str] = "{volume}@onesnap-{snap}-{time}"
+    BACKUP_SNAPSHOT: ClassVar[str] = "{volume}@one_backup_{time}"
+    EXPORT_SNAPSHOT: ClassVar[str] = "{volume}@export-{app}"
+    VOLUME_RE: ClassVar[str] = ".+"
+    QUALIFIER_RE: ClassVar[str] = "[^/]+/"
 
     @classmethod
     def from_config(cls, config: Config) -> RbdNames:
         return cls(px=config.get("ONE_PX") or "one", pool=config.get("POOL_NAME") or "one")
 
+    def _name(self, shape: str, **fields: object) -> str:
+        digest = str(fields.get("digest", ""))
+        return f"{self.pool}/{shape.format(px=self.px, digest8=digest[:8], **fields)}"
+
     def template(self, ds_id: int) -> str:
         return self.pool
 
-    def image(self, image_id: int) -> str:
-        return f"{self.pool}/{self.px}-{image_id}"
-
-    def staging(self, image_id: int, digest: str) -> str:
-        return f"{self.pool}/{self.px}-{image_id}.import-{digest[:8]}"
-
-    def clone(self, image_id: int, vm_id: int, disk_id: int) -> str:
-        return f"{self.pool}/{self.px}-{image_id}-{vm_id}-{disk_id}"
-
-    def volatile(self, vm_id: int, disk_id: int, swap: bool = False) -> str:
-        return f"{self.pool}/{self.px}-sys-{vm_id}-{disk_id}"
-
-    def context(self, vm_id: int, disk_id: int) -> str:
-        return f"{self.pool}/{self.px}-sys-{vm_id}-{disk_id}"
-
-    def checkpoint(self, vm_id: int) -> str:
-        return f"{self.pool}/{self.px}-sys-{vm_id}-checkpoint"
-
-    def nvram(self, vm_id: int) -> str:
-        return f"{self.pool}/{self.px}-sys-{vm_id}-nvram"
-
-    def vm_prefix(self, vm_id: int) -> str:
-        return f"{self.pool}/{self.px}-sys-{vm_id}-"
-
-    @staticmethod
-    def disk_snapshot(volume: str, snap_id: int) -> str:
-        return f"{volume}@{snap_id}"
-
-    @staticmethod
-    def vm_snapshot(volume: str, snap_id: int, timestamp: int) -> str:
-        return f"{volume}@onesnap-{snap_id}-{timestamp}"
-
-    @staticmethod
-    def backup_snapshot(volume: str, timestamp: int) -> str:
-        return f"{volume}@one_backup_{timestamp}"
-
-    @staticmethod
-    def export_snapshot(volume: str, app_id: int) -> str:
-        return f"{volume}@export-{app_id}"
-
-    @staticmethod
-    def split_vm_snapshot(name: str) -> tuple[str, int, int] | None:
-        match = re.fullmatch(r"(.+)@onesnap-([0-9]{1,9})-([0-9]{1,12})", name)
-        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
-
-    @staticmethod
-    def disk_snapshot_prefix(volume: str) -> str:
-        return f"{volume}@"
-
-    @staticmethod
-    def disk_snapshot_id(volume: str, name: str) -> int | None:
-        match = re.fullmatch(re.escape(volume) + r"@([0-9]+)", name)
-        return int(match.group(1)) if match else None
-
-    @staticmethod
-    def split_disk_snapshot(name: str) -> tuple[str, int] | None:
-        match = re.fullmatch(r"(.+)@(\d+)", name)
-        return (match.group(1), int(match.group(2))) if match else None
-
-    def disk_owner(self, volume: str) -> tuple[int, int] | None:
-        px = re.escape(self.px)
-        for pattern in (rf"[^/]+/{px}-\d+-(\d+)-(\d+)", rf"[^/]+/{px}-sys-(\d+)-(\d+)"):
-            match = re.fullmatch(pattern, volume)
-            if match:
-                return int(match.group(1)), int(match.group(2))
-        return None
-
-    @staticmethod
-    def source(volume: str) -> str:
-        return volume
-
-    def source_volume(self, source: str) -> str:  # type: ignore[override]
+    def source_volume(self, source: str) -> str:
         """``pool/image`` as given; a bare ``image`` is in this datastore's pool; "" for
         anything that names no RBD image."""
         if _QUALIFIED.fullmatch(source) and "@" not in source:
@@ -841,7 +788,8 @@ class Rbd(Backend):
         return self.target(name)
 
     # --- streams (checkpoints: the host's file <-> an image, through the front-end) ----------
-    def write_stream(self, name: str, size: int, stream: Any, *, placement: str, tags: Mapping[str, str]) -> None:
+    def write_stream(self, name: str, size: int, stream: IO[bytes], *, placement: str,
+                     tags: Mapping[str, str]) -> None:
         """A new image ``name`` holding the ``size`` bytes read from ``stream`` (staged: an
         image of that name is complete or absent)."""
         _, rbd = _lib()
@@ -862,7 +810,7 @@ class Rbd(Backend):
                     raise DriverError(f"{ref}: {offset} of {size} bytes arrived")
                 self._do(f"flush {ref}", image.flush)
 
-    def read_stream(self, name: str, out: Any) -> int:
+    def read_stream(self, name: str, out: IO[bytes]) -> int:
         """Write image ``name``'s bytes to ``out``; returns how many."""
         ref = self._ref(name)
         with self._image(ref, read_only=True) as image:
