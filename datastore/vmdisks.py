@@ -58,6 +58,12 @@ class VmDisk:
             if source and (_QUALIFIED if names.qualified else _VOLUME).fullmatch(source):
                 return source
             return names.image(self.image_id)
+        if names.qualified and self.source:
+            # a clone lives beside its image, in the image datastore's pool (rbd: the stock
+            # driver's <SOURCE>-<VM>-<DISK>), whichever datastore's names ask
+            source = names.source_volume(self.source)
+            if source and _QUALIFIED.fullmatch(source):
+                return f"{source}-{vm_id}-{self.disk_id}"
         return names.clone(self.image_id, vm_id, self.disk_id)
 
     @property

@@ -158,9 +158,15 @@ class SnapContext:
             raise DriverError(f"VM {self.vm_id} has no writable {self.drv.driver} volume to snapshot")
         return out
 
-    def listing(self) -> list[Volume]:
-        """Every volume and snapshot under this OpenNebula's prefix (2 backend calls)."""
-        return self.drv.backend.find(f"{self.drv.names.px}-")
+    def listing(self, volumes: Sequence[SnapVolume] = ()) -> list[Volume]:
+        """Every volume and snapshot under this OpenNebula's prefix (2 backend calls); with
+        pool-qualified names (rbd), under it in each pool of ``volumes`` (the wanted ones,
+        the NVRAM candidate among them: the system datastore's pool too)."""
+        px = f"{self.drv.names.px}-"
+        pools = sorted({v.name.split("/", 1)[0] for v in volumes if "/" in v.name})
+        if self.drv.names.qualified and pools:
+            return [v for pool in pools for v in self.drv.backend.find(f"{pool}/{px}")]
+        return self.drv.backend.find(px)
 
     def groups(self, listing: Sequence[Volume], volumes: Sequence[SnapVolume]) -> dict[tuple[int, int], Group]:
         """This VM's snapshot groups: snapshots named ``<vol>-ONESNAP-<id>-<ts>`` (linstor_un:

@@ -150,7 +150,7 @@ class Rbd(Backend):
     tm_mad_conf = (("LN_TARGET", "NONE"), ("CLONE_TARGET", "SELF"), ("SHARED", "YES"), ("DS_MIGRATE", "NO"),
                    ("DRIVER", "raw"), ("ALLOW_ORPHANS", "mixed"))
     ds_mad_conf = (("REQUIRED_ATTRS", "DISK_TYPE"), ("PERSISTENT_ONLY", "NO"), ("MARKETPLACE_ACTIONS", "export"))
-    group_snapshots = False         # not yet: RBD group snapshots
+    group_snapshots = True          # RBD group snapshots (``group_snapshot``)
     nvram_volumes = False           # not yet: the NVRAM template written through librbd
     can_rename = True
     delayed_delete = False          # per datastore: CEPH_TRASH (see from_config)
@@ -316,9 +316,9 @@ class Rbd(Backend):
         """A librados/librbd exception as one line: NotFound, Conflict, Transient or DriverError."""
         rados, rbd = _lib()
         reason = _reason(exc)
-        if isinstance(exc, (rbd.ImageNotFound, rados.ObjectNotFound)):
+        if isinstance(exc, (rbd.ImageNotFound, rados.ObjectNotFound, getattr(rbd, "ObjectNotFound", ()))):
             return NotFound(f"{what} does not exist")
-        if isinstance(exc, (rbd.ImageExists, rados.ObjectExists)):
+        if isinstance(exc, (rbd.ImageExists, rados.ObjectExists, getattr(rbd, "ObjectExists", ()))):
             return Conflict(f"{what} already exists")
         if isinstance(exc, (getattr(rbd, "Timeout", ()), rados.TimedOut)):
             return Transient(f"{what}: Ceph did not answer within {self.timeout}s (is every OSD up?)")
@@ -497,6 +497,13 @@ class Rbd(Backend):
 
     def _remove_snap(self, ref: _Ref) -> None:
         try:
+            part = self._group_part(ref)
+        except NotFound:
+            return
+        if part is not None:
+            self._remove_group_snap(ref, part)
+            return
+        try:
             with self._image(_Ref(ref.pool, ref.image)) as image:
                 try:
                     if self._do(f"{ref}", image.is_protected_snap, ref.snap):
@@ -527,7 +534,15 @@ class Rbd(Backend):
         _, rbd = _lib()
         try:
             with self._image(ref) as image:
-                for snap in self._do(f"snapshots of {ref}", lambda: list(image.list_snaps())):
+                snaps = self._snap_list(image, str(ref))
+                info = self._do(f"group of {ref}", image.group)
+                if info.get("name") or any(snap["group"] for snap in snaps):
+                    self._leave_groups(ref, snaps, info)
+                    snaps = self._snap_list(image, str(ref))
+                for snap in snaps:
+                    if snap["group"]:
+                        raise DriverError(f"cannot delete {ref}: it is still part of RBD group snapshot "
+                                          f"{snap['name']}")
                     sref = _Ref(ref.pool, ref.image, snap["name"])
                     if self._do(f"{sref}", image.is_protected_snap, snap["name"]):
                         children = self._do(f"clones of {sref}", lambda s=snap: _children(image, s["name"]))
@@ -599,7 +614,7 @@ class Rbd(Backend):
             with self._image(_Ref(ref.pool, ref.image), read_only=True) as image:
                 own, snap_tags = self._tags_of(image)
                 if ref.snap:
-                    for snap in self._do(f"snapshots of {ref.volume}", lambda: list(image.list_snaps())):
+                    for snap in self._snap_list(image, ref.volume):
                         if snap["name"] == ref.snap:
                             return Volume(name=name, size=int(snap["size"]), tags=snap_tags.get(ref.snap, {}),
                                           placement=ref.pool, snapshot=True, parent=ref.volume)
@@ -621,17 +636,47 @@ class Rbd(Backend):
         return f"{pool}/{parent}@{snap}"
 
     def find(self, prefix: str = "") -> list[Volume]:
-        """Images (not snapshots) whose ``pool/name`` starts with ``prefix`` (one listing of
-        the pool, then one open per match)."""
+        """Images and their snapshots whose ``pool/name`` starts with ``prefix`` (a prefix
+        without a pool is one in POOL_NAME): one listing of the pool, then one open per match."""
         _, rbd = _lib()
         pool = prefix.split("/", 1)[0] if "/" in prefix else self.pool
         out: list[Volume] = []
         for image in self._do(f"images of pool {pool}", rbd.RBD().list, self._io(pool)):
             name = f"{pool}/{image}"
-            if name.startswith(prefix):
-                found = self.get(name)
-                if found is not None:
-                    out.append(found)
+            if not self._matches(name, prefix):
+                continue
+            ref = _Ref(pool, image)
+            try:
+                with self._image(ref, read_only=True) as opened:
+                    own, snap_tags = self._tags_of(opened)
+                    out.append(Volume(name=name, size=int(self._do(f"{ref}", opened.size)), tags=own,
+                                      placement=pool, parent=self._parent(opened)))
+                    out += [Volume(name=f"{name}@{snap['name']}", size=int(snap["size"]),
+                                   tags=snap_tags.get(snap["name"], {}), placement=pool, snapshot=True, parent=name)
+                            for snap in self._snap_list(opened, name)]
+            except NotFound:
+                continue
+        return out
+
+    def _matches(self, name: str, prefix: str) -> bool:
+        """``pool/name`` starts with ``prefix``; a prefix without a pool is one in POOL_NAME."""
+        if "/" in prefix or "/" not in name:
+            return name.startswith(prefix)
+        pool, _, rest = name.partition("/")
+        return pool == self.pool and rest.startswith(prefix)
+
+    def _snap_list(self, image: Any, volume: str) -> list[dict[str, Any]]:
+        """``image``'s snapshots (one call): its own, and its part of each RBD group snapshot
+        (a VM snapshot), named after that group snapshot (``one.snap.<name>`` tags them both);
+        ``group`` is then (pool id, group name). Trash and mirror snapshots are not ours."""
+        out = []
+        for snap in self._do(f"snapshots of {volume}", lambda: list(image.list_snaps())):
+            namespace = snap.get("namespace", 0)
+            if namespace == 0:
+                out.append({**snap, "group": None})
+            elif namespace == 1 and snap.get("group"):
+                group = snap["group"]
+                out.append({**snap, "name": group["snap_name"], "group": (int(group["pool"]), group["name"])})
         return out
 
     def snapshots(self, prefix: str = "") -> list[Volume]:
@@ -645,16 +690,16 @@ class Rbd(Backend):
         else:
             pool = prefix.split("/", 1)[0] if "/" in prefix else self.pool
             names = [f"{pool}/{i}" for i in self._do(f"images of pool {pool}", rbd.RBD().list, self._io(pool))
-                     if f"{pool}/{i}".startswith(prefix)]
-            out += [v for v in self._trash(pool) if v.name.startswith(prefix)]
+                     if self._matches(f"{pool}/{i}", prefix)]
+            out += [v for v in self._trash(pool) if self._matches(v.name, prefix)]
         for volume in names:
             ref = self._ref(volume)
             try:
                 with self._image(ref, read_only=True) as image:
                     _, snap_tags = self._tags_of(image)
-                    for snap in self._do(f"snapshots of {volume}", lambda i=image: list(i.list_snaps())):
+                    for snap in self._snap_list(image, volume):
                         full = f"{volume}@{snap['name']}"
-                        if full.startswith(prefix):
+                        if self._matches(full, prefix):
                             out.append(Volume(name=full, size=int(snap["size"]), tags=snap_tags.get(snap["name"], {}),
                                               placement=ref.pool, snapshot=True, parent=volume))
             except NotFound:
@@ -728,6 +773,7 @@ class Rbd(Backend):
         _, rbd = _lib()
         ref = self._ref(volume)
         if delete_after:
+            self._leave_groups(ref)
             with self._image(ref) as image:
                 if self._parent(image):
                     self._do(f"flatten {ref}", image.flatten)
@@ -744,16 +790,217 @@ class Rbd(Backend):
         with self._image(ref) as image:
             self._do(f"snapshot {snap}", image.create_snap, snap.snap)
 
+    # --- VM snapshots: RBD group snapshots ----------------------------------------------------
     def group_snapshot(self, pairs: Sequence[tuple[str, str]], *, tags: Mapping[str, str] | None = None) -> None:
-        raise DriverError("VM snapshots (RBD group snapshots) are not implemented by the rbd driver yet")
+        """One RBD group snapshot of every ``(pool/image, pool/image@<name>)``: the group
+        ``<nloc>-vm-<nvm>`` (a VM snapshot's tags; else ``<first image>.group``) in the first
+        image's pool is made to hold exactly these images (an image of another group moves
+        over; its snapshots there stay), then ``Group.create_snap(<name>)`` takes all of them
+        at once (librbd quiesces and locks every image first: crash-consistent). Each image's
+        part is listed as ``pool/image@<name>``. The tags are written first (a group snapshot
+        that exists is tagged, even when its reply was lost); a failure removes the group
+        snapshot, those tags and a group this call made: nothing half-made stays."""
+        _, rbd = _lib()
+        if not pairs:
+            return
+        refs = [self._ref(volume) for volume, _ in pairs]
+        snaps = [self._ref(name) for _, name in pairs]
+        names = {snap.snap for snap in snaps}
+        if len(names) != 1 or "" in names or any(r.snap or s.volume != r.volume for r, s in zip(refs, snaps,
+                                                                                                  strict=True)):
+            raise DriverError("an RBD group snapshot is <pool>/<image>@<name> of every image, with one name for all")
+        snap = names.pop()
+        common = dict(tags or {})
+        pool = refs[0].pool
+        group_name = f"{common.get('nloc') or 'one'}-vm-{common['nvm']}" if common.get("nvm") else \
+            f"{refs[0].image}.group"
+        label = f"RBD group {pool}/{group_name}"
+        group = rbd.Group(self._io(pool), group_name)
+        created = attempted = False
+        try:
+            if common:
+                for ref in refs:
+                    self._tag(_Ref(ref.pool, ref.image, snap), common)
+            try:
+                self._do(label, rbd.RBD().group_create, self._io(pool), group_name)
+                created = True
+            except Conflict:
+                if snap in {g["name"] for g in self._do(f"snapshots of {label}", lambda: list(group.list_snaps()))}:
+                    raise Conflict(f"{label} already has a snapshot {snap}") from None
+            self._group_members(group, label, refs)
+            attempted = True
+            self._do(f"group snapshot {pool}/{group_name}@{snap}", group.create_snap, snap)
+        except BaseException:
+            if attempted:
+                with contextlib.suppress(DriverError):
+                    self._do(f"group snapshot {pool}/{group_name}@{snap}", group.remove_snap, snap)
+            for ref in refs:
+                with contextlib.suppress(DriverError), self._image(ref) as image:
+                    self._untag_snap(image, snap)
+            if created:
+                with contextlib.suppress(DriverError):
+                    for member in self._do(label, lambda: list(group.list_images())):
+                        self._do(label, group.remove_image, self._io(self._pool_name(member["pool"])), member["name"])
+                    self._do(label, rbd.RBD().group_remove, self._io(pool), group_name)
+            raise
+
+    def _pool_name(self, pool_id: int) -> str:
+        return str(self._do(f"pool {pool_id}", self._connect().pool_reverse_lookup, int(pool_id)))
+
+    def _group_members(self, group: Any, label: str, refs: Sequence[_Ref]) -> None:
+        """Make ``group`` hold exactly ``refs``' images (a group snapshot takes every member)."""
+        _, rbd = _lib()
+        wanted = {(ref.pool, ref.image) for ref in refs}
+        current = {(self._pool_name(m["pool"]), m["name"]) for m in self._do(label, lambda: list(group.list_images()))}
+        for pool, image in sorted(current - wanted):
+            with contextlib.suppress(NotFound):
+                self._do(f"{label}: leave {pool}/{image}", group.remove_image, self._io(pool), image)
+        for ref in refs:
+            if (ref.pool, ref.image) in current:
+                continue
+            with self._image(ref, read_only=True) as image:
+                other = self._do(f"group of {ref}", image.group)
+            if other.get("name"):
+                old = rbd.Group(self._io(self._pool_name(other["pool"])), other["name"])
+                with contextlib.suppress(NotFound):
+                    self._do(f"{ref} leaves RBD group {other['name']}", old.remove_image, self._io(ref.pool), ref.image)
+            self._do(f"{label}: add {ref}", group.add_image, self._io(ref.pool), ref.image)
+
+    def _group_part(self, ref: _Ref) -> dict[str, Any] | None:
+        """``ref``'s snapshot when it is the image's part of a group snapshot, else None."""
+        with self._image(_Ref(ref.pool, ref.image), read_only=True) as image:
+            for snap in self._snap_list(image, ref.volume):
+                if snap["name"] == ref.snap:
+                    return snap if snap["group"] else None
+        return None
+
+    def _remove_group_snap(self, ref: _Ref, part: Mapping[str, Any]) -> None:
+        """The whole group snapshot ``ref`` is part of (RBD removes a group snapshot only as
+        a whole); a group snapshot some part of which is gone already (librbd 16 then refuses
+        it) loses this image's part alone. The tags of its current members go with it."""
+        _, rbd = _lib()
+        pool_id, group_name = part["group"]
+        pool = self._pool_name(pool_id)
+        label = f"RBD group {pool}/{group_name}"
+        group = rbd.Group(self._io(pool), group_name)
+        members = [ref]
+        with contextlib.suppress(NotFound):
+            members += [_Ref(self._pool_name(m["pool"]), m["name"])
+                        for m in self._do(label, lambda: list(group.list_images()))]
+        try:
+            self._do(f"group snapshot {pool}/{group_name}@{ref.snap}", group.remove_snap, ref.snap)
+        except NotFound:
+            with self._image(_Ref(ref.pool, ref.image)) as image, contextlib.suppress(NotFound):
+                self._do(f"snapshot {ref}", image.remove_snap_by_id, part["id"])
+        for member in {(m.pool, m.image): m for m in members}.values():
+            with contextlib.suppress(NotFound), self._image(member) as image:
+                self._untag_snap(image, ref.snap)
+
+    def _leave_groups(self, ref: _Ref, snaps: Sequence[Mapping[str, Any]] | None = None,
+                      info: Mapping[str, Any] | None = None) -> None:
+        """Before ``ref`` is removed or trashed (RBD refuses an image of a group): the group
+        snapshots it is part of (VM snapshots) are removed whole, it leaves its group, and a
+        group left empty goes. ``snaps`` and ``info``: the image's snapshots and group if known."""
+        _, rbd = _lib()
+        if snaps is None or info is None:
+            with self._image(ref, read_only=True) as image:
+                snaps = self._snap_list(image, ref.volume)
+                info = self._do(f"group of {ref}", image.group)
+        for part in [snap for snap in snaps if snap["group"]]:
+            self._remove_group_snap(_Ref(ref.pool, ref.image, part["name"]), part)
+        if not info.get("name"):
+            return
+        pool = self._pool_name(info["pool"])
+        label = f"RBD group {pool}/{info['name']}"
+        group = rbd.Group(self._io(pool), info["name"])
+        with contextlib.suppress(NotFound):
+            self._do(f"{label}: leave {ref}", group.remove_image, self._io(ref.pool), ref.image)
+            if not self._do(label, lambda: list(group.list_images())) and \
+                    not self._do(label, lambda: list(group.list_snaps())):
+                self._do(label, rbd.RBD().group_remove, self._io(pool), info["name"])
+
+    def vm_snapshot_revert(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Group snapshots whose parts are exactly these volumes: one group rollback each;
+        any other snapshot (a disk detached since, a plain snapshot) per volume."""
+        _, rbd = _lib()
+        by_group: dict[tuple[int, str, str], list[tuple[str, str]]] = {}
+        single: list[tuple[str, str]] = []
+        for volume, snapshot in pairs:
+            ref = self._ref(snapshot)
+            part = self._group_part(ref)
+            if part is None:
+                single.append((volume, snapshot))
+            else:
+                by_group.setdefault((*part["group"], ref.snap), []).append((volume, snapshot))
+        for (pool_id, group_name, snap), members in by_group.items():
+            pool = self._pool_name(pool_id)
+            if self._group_parts(members[0][0], snap) == {self._ref(v).volume for v, _ in members}:
+                group = rbd.Group(self._io(pool), group_name)
+                self._do(f"rollback RBD group {pool}/{group_name} to {snap}", group.rollback_to_snap, snap)
+            else:
+                single += members
+        for volume, snapshot in single:
+            self.revert(volume, snapshot)
+
+    def _group_parts(self, volume: str, snap: str) -> set[str]:
+        """The images of group snapshot ``snap`` (its ``members`` tag, written when it was
+        taken; empty when unknown)."""
+        with self._image(self._ref(volume), read_only=True) as image:
+            _, snap_tags = self._tags_of(image)
+        return {name for name in snap_tags.get(snap, {}).get("members", "").split(",") if name}
+
+    def vm_snapshot(self, items: Sequence[tuple[str, str, Mapping[str, str]]], common: Mapping[str, str]) -> None:
+        """The group snapshot, tagged with its members too (a revert rolls the group back in
+        one call only when it still covers exactly them)."""
+        members = ",".join(sorted(self._ref(volume).volume for volume, _, _ in items))
+        super().vm_snapshot(items, {**common, "members": members})
+
+    def vm_snapshot_retag(self, items: Sequence[tuple[str, str, Mapping[str, str]]],
+                          common: Mapping[str, str]) -> None:
+        members = ",".join(sorted(self._ref(volume).volume for volume, _, _ in items))
+        super().vm_snapshot_retag(items, {**common, "members": members})
 
     def revert(self, volume: str, snapshot: str) -> None:
+        """A snapshot of the image: rolled back. An image's part of a group snapshot: the
+        group rolled back when the image is its only part, else its data copied back (RBD
+        rolls back only whole groups)."""
+        _, rbd = _lib()
         ref, snap = self._ref(volume), self._ref(snapshot)
         with self._image(ref) as image:
-            names = {s["name"] for s in self._do(f"snapshots of {ref}", lambda: list(image.list_snaps()))}
-            if snap.snap not in names:
+            found = {s["name"]: s for s in self._snap_list(image, str(ref))}
+            if snap.snap not in found:
                 raise NotFound(f"{ref} has no snapshot {snap.snap}")
-            self._do(f"rollback {ref} to {snap.snap}", image.rollback_to_snap, snap.snap)
+            part = found[snap.snap]
+            if not part["group"]:
+                self._do(f"rollback {ref} to {snap.snap}", image.rollback_to_snap, snap.snap)
+                return
+        if self._group_parts(volume, snap.snap) == {ref.volume}:
+            pool = self._pool_name(part["group"][0])
+            group = rbd.Group(self._io(pool), part["group"][1])
+            self._do(f"rollback RBD group {pool}/{part['group'][1]} to {snap.snap}", group.rollback_to_snap,
+                     snap.snap)
+            return
+        self._copy_back(ref, part)
+
+    def _copy_back(self, ref: _Ref, part: Mapping[str, Any]) -> None:
+        """``ref``'s data made that of its snapshot ``part`` (by id: a group snapshot's part
+        has no name RBD rolls back to), extent by extent; holes stay holes."""
+        with self._image(ref, read_only=True) as source, self._image(ref) as target:
+            self._do(f"snapshot {ref}@{part['name']}", source.set_snap_by_id, part["id"])
+            size = int(self._do(f"{ref}@{part['name']}", source.size))
+            if int(self._do(f"{ref}", target.size)) != size:
+                self._do(f"resize {ref}", target.resize, size)
+            offset = 0
+            while offset < size:
+                length = min(CHUNK, size - offset)
+                data = self._do(f"read {ref}@{part['name']}", source.read, offset, length)
+                if data.count(0) == len(data):
+                    self._do(f"discard {ref}", target.discard, offset, length)
+                else:
+                    self._do(f"write {ref}", target.write, data, offset)
+                offset += length
+            self._do(f"flush {ref}", target.flush)
+
 
     # --- hosts: none (network disks) -------------------------------------------------------
     def target(self, name: str) -> str:
@@ -825,7 +1072,7 @@ class Rbd(Backend):
     # --- accounting ------------------------------------------------------------------------
     def usage(self, names: Iterable[str] | None = None) -> dict[str, Usage]:
         """Provisioned and used bytes (object-map/fast-diff: one diff per image)."""
-        wanted = list(names) if names is not None else [v.name for v in self.find(f"{self.pool}/")]
+        wanted = list(names) if names is not None else [v.name for v in self.find(f"{self.pool}/") if not v.snapshot]
         out: dict[str, Usage] = {}
         for name in wanted:
             ref = self._ref(name)

@@ -32,7 +32,7 @@ def run(req: VmmRequest) -> str:
     drv = ctx.drv
     wanted = ctx.wanted()
     with ctx.locked([v.name for v in wanted]):
-        listing = ctx.listing()
+        listing = ctx.listing(wanted)
         volumes = ctx.present(wanted, listing)
         groups = ctx.groups(listing, wanted)
         mine = [g for (sid, _), g in groups.items() if sid == snap_id]

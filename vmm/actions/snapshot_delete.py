@@ -19,7 +19,7 @@ def run(req: VmmRequest) -> str:
         return ctx.forward("snapshot_delete").strip()
     drv = ctx.drv
     wanted = ctx.wanted(strict=False)
-    listing = ctx.listing()
+    listing = ctx.listing(wanted)
     group = ctx.find_group(ctx.groups(listing, wanted), raw_id)
     if group is None:
         log.info(f"VM {ctx.vm_id}: no snapshot {raw_id} left to delete")

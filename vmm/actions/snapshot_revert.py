@@ -44,7 +44,7 @@ def run(req: VmmRequest) -> str:
     drv = ctx.drv
     wanted = ctx.wanted()
     with ctx.locked([v.name for v in wanted]):
-        listing = ctx.listing()
+        listing = ctx.listing(wanted)
         volumes = ctx.present(wanted, listing)
         group = ctx.find_group(ctx.groups(listing, wanted), raw_id)
         if group is None:
