@@ -349,6 +349,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def device_path(self, name: str, host: HostRef) -> str: ...
 
+    def attachable(self, name: str, host: HostRef | None) -> str:
+        """Pre-flight of a migration: "" when volume ``name`` exists and ``host`` (None for
+        backends whose hosts reach volumes over the network) could attach it, else the
+        reason. Asks, never attaches: nothing changes. Default: the volume exists and is no
+        snapshot (``host`` resolved by ``Driver.host`` already says it is a host of this
+        backend); backends that can ask more about a host override it."""
+        found = self.get(name)
+        if found is None:
+            return f"volume {name} does not exist"
+        if found.snapshot:
+            return f"{name} is a snapshot, not a volume"
+        return ""
+
     # --- streams (network disks: a host's file <-> a volume, through the front-end) ---------
     def write_stream(self, name: str, size: int, stream: IO[bytes], *, placement: str,
                      tags: Mapping[str, str]) -> None:

@@ -469,6 +469,29 @@ class Hypervisor:
         found = self.call(f"free {size_kib} KiB pages", lambda: self.conn.getFreePages([size_kib], 0, cells, 0))
         return sum(int(per.get(size_kib, 0)) for per in found.values())
 
+    def has_secret(self, kind: str, *, uuid: str = "", usage: str = "") -> bool:
+        """Whether libvirt here defines the secret (``secretLookupByUUIDString``, or by its
+        usage of type ``kind``: ceph, iscsi, volume, tls, vtpm); its value stays unread."""
+        lv = binding()
+        if uuid:
+            def lookup() -> object:
+                return self.conn.secretLookupByUUIDString(uuid)
+        else:
+            usage_type = getattr(lv, f"VIR_SECRET_USAGE_TYPE_{kind.upper()}", None)
+            if usage_type is None:
+                raise DriverError(f"{self.name}: libvirt secret usage type {kind!r} is unknown")
+
+            def lookup() -> object:
+                return self.conn.secretLookupByUsage(usage_type, usage)
+        try:
+            lookup()
+        except lv.libvirtError as exc:
+            error = failure(exc, f"{self.name}: secret {uuid or usage}")
+            if isinstance(error, NotFound):
+                return False
+            raise error from None
+        return True
+
     # --- files on the host (ssh) ----------------------------------------------------------------
 
     def head(self, path: str, size: int) -> bytes:

@@ -9,29 +9,32 @@ Asked of the destination's libvirt (``onelib.hypervisor``) before anything moves
   list the machine type, and the loader when the domain names one; the NVRAM template the
   domain names must exist there;
 - memory: the domain's memory fits in the destination's free memory, or, with hugepages,
-  in its free pages of that size.
+  in its free pages of that size;
+- network disks (Ceph RBD): the libvirt secret each disk's ``<auth>`` names (by UUID, or
+  by usage) is defined on the destination (``secretLookupByUUIDString``);
+- volumes: the storage side's answers (``datastore.preflight.volume_reasons``: each
+  volume exists and the destination can attach it) are passed in and reported alike.
 
-Each failed check is one line; none changes anything on either host.
+Each failed check is one line; none changes anything on either host. The command
+``one-tweaks preflight`` is ``datastore.preflight.main`` (it needs both sides).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 
 from lxml import etree
 
 from . import numbers, xmldoc
-from .config import Config
 from .errors import DriverError
-from .hypervisor import Hypervisor, deploy_id, vm_id
+from .hypervisor import Hypervisor, disk_target
 
 KIB = 1024
 
 
-def reasons(domain: etree._Element, dest: Hypervisor) -> list[str]:
-    """Why ``domain`` (its live XML) cannot run on ``dest``; [] when every check holds."""
+def reasons(domain: etree._Element, dest: Hypervisor, volumes: Sequence[str] = ()) -> list[str]:
+    """Why ``domain`` (its live XML) cannot run on ``dest``; [] when every check holds.
+    ``volumes``: the storage side's reasons, already one line each."""
     out: list[str] = []
     os_type = domain.find("os/type")
     arch = os_type.get("arch") if os_type is not None else None
@@ -61,6 +64,30 @@ def reasons(domain: etree._Element, dest: Hypervisor) -> list[str]:
     if template and not dest.shell.ok(["test", "-f", template]):
         out.append(f"{where}: NVRAM template {template} is missing")
     out.extend(_memory(domain, dest))
+    out.extend(_secrets(domain, dest))
+    out.extend(volumes)
+    return out
+
+
+def _secrets(domain: etree._Element, dest: Hypervisor) -> list[str]:
+    """Network disks authenticate with a libvirt secret of the host they run on."""
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for disk in domain.iterfind("devices/disk[@type='network']"):
+        secret = disk.find("auth/secret") if disk.find("auth/secret") is not None else disk.find("source/auth/secret")
+        if secret is None:
+            continue
+        kind = secret.get("type", "ceph")
+        key = secret.get("uuid") or secret.get("usage") or ""
+        if not key or (kind, key) in seen:
+            continue
+        seen.add((kind, key))
+        by = "uuid" if secret.get("uuid") else "usage"
+        if not dest.has_secret(kind, **{by: key}):
+            source = disk.find("source")
+            name = source.get("name", "") if source is not None else ""
+            out.append(f"{dest.name}: libvirt has no {kind} secret {by} {key} for network disk "
+                       f"{disk_target(disk) or name}")
     return out
 
 
@@ -87,38 +114,8 @@ def _memory(domain: etree._Element, dest: Hypervisor) -> list[str]:
     return []
 
 
-def check(domain: etree._Element, dest: Hypervisor, vm: int | str) -> None:
+def check(domain: etree._Element, dest: Hypervisor, vm: int | str, volumes: Sequence[str] = ()) -> None:
     """``reasons`` as one driver error (the reasons joined by "; ") when any check fails."""
-    found = reasons(domain, dest)
+    found = reasons(domain, dest, volumes)
     if found:
         raise DriverError(f"VM {vm}: pre-flight refuses {dest.name}: " + "; ".join(found))
-
-
-def main(argv: Sequence[str]) -> int:
-    """``one-tweaks preflight VM HOST``: VM (its id) where oned says it runs, HOST the
-    destination. Exit 0 when it can move, 1 with one line per reason, 2 on errors."""
-    from .oned import Oned
-
-    p = argparse.ArgumentParser(prog="one-tweaks preflight", description="can a running VM move to HOST?")
-    p.add_argument("vm", help="the VM id")
-    p.add_argument("host", help="the destination host")
-    args = p.parse_args(list(argv))
-    try:
-        config = Config.load()
-        number = vm_id(args.vm)
-        doc = Oned(timeout=float(config.integer("API_TIMEOUT") or 30)).vm(number)
-        history = doc.findall("HISTORY_RECORDS/HISTORY")
-        source = xmldoc.text(history[-1], "HOSTNAME") if history else ""
-        if not source:
-            raise DriverError(f"VM {number} runs on no host")
-        name = deploy_id(xmldoc.text(doc, "DEPLOY_ID") or f"one-{number}")
-        with Hypervisor(config, source) as src, Hypervisor(config, args.host) as dest:
-            found = reasons(src.domain(name).xml(), dest)
-    except DriverError as exc:
-        sys.stderr.write(f"one-tweaks preflight: {exc}\n")
-        return 2
-    for line in found:
-        sys.stdout.write(f"{line}\n")
-    if not found:
-        sys.stdout.write(f"VM {number} can move from {source} to {args.host}\n")
-    return 1 if found else 0

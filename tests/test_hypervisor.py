@@ -207,3 +207,40 @@ def test_preflight_asks_the_destination_libvirt(sshd: Sshd, libvirtd: object) ->
         huge.find("memory").text = str(64 * 1024 * 1024)  # 64 TiB
         (memory,) = reasons(huge, dest)
         assert memory.startswith("node1: 67108864 MiB of memory needed, ") and memory.endswith(" MiB free")
+
+
+def test_preflight_wants_the_ceph_secret_of_every_network_disk(sshd: Sshd, libvirtd: object, tmp_path: Path) -> None:
+    """A network (RBD) disk authenticates with the libvirt secret its ``<auth>`` names: the
+    destination's libvirt must define it (asked by UUID or usage, its value never read)."""
+    from lxml import etree
+
+    from onelib.preflight import reasons
+
+    known, unknown = str(uuid.uuid4()), str(uuid.uuid4())
+    usage = f"one-tweaks-preflight-{known[:8]}"
+    secret = tmp_path / "secret.xml"
+    secret.write_text(f"<secret ephemeral='no' private='yes'><uuid>{known}</uuid>"
+                      f"<usage type='ceph'><name>{usage}</name></usage></secret>")
+    virsh("secret-define", str(secret))
+    try:
+        def rbd(target: str, secret_attr: str) -> str:
+            return (f"<disk type='network' device='disk'><source protocol='rbd' name='one/one-7-{target}'>"
+                    f"<host name='127.0.0.1' port='6789'/></source><auth username='oneadmin'>"
+                    f"<secret type='ceph' {secret_attr}/></auth><target dev='{target}' bus='virtio'/></disk>")
+
+        def domain(*disks: str) -> etree._Element:
+            root = etree.fromstring(preflight_domain())
+            devices = root.find("devices")
+            for disk in disks:
+                devices.append(etree.fromstring(disk))
+            return root
+
+        with Hypervisor(config(sshd), "node1") as dest:
+            assert reasons(domain(rbd("vda", f"uuid='{known}'"), rbd("vdb", f"usage='{usage}'")), dest) == []
+            assert reasons(domain(rbd("vda", f"uuid='{known}'"), rbd("vdb", f"uuid='{unknown}'"),
+                                  rbd("vdc", f"uuid='{unknown}'")), dest) == [
+                f"node1: libvirt has no ceph secret uuid {unknown} for network disk vdb"], "once per secret"
+            assert reasons(domain(rbd("vda", "usage='nobody'")), dest) == [
+                "node1: libvirt has no ceph secret usage nobody for network disk vda"]
+    finally:
+        virsh("secret-undefine", known, check=False)

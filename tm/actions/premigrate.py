@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+from datastore.preflight import volume_reasons
 from onelib import log, preflight, xmldoc
 from onelib.errors import Transient
 from onelib.hypervisor import Hypervisor, deploy_id
@@ -48,7 +49,7 @@ def _preflight(m: Migration) -> None:
         if dom is None:
             return
         with Hypervisor(m.drv.config, m.dst) as dest:
-            preflight.check(dom.xml(), dest, m.vm_id)
+            preflight.check(dom.xml(), dest, m.vm_id, volume_reasons(m.vm, m.dst, m.drv.oned))
 
 
 def _undo(m: Migration) -> None:

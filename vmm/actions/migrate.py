@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from datastore.preflight import volume_reasons
 from onelib import log, preflight, xmldoc
 from onelib.config import Config
 from onelib.errors import DriverError
@@ -53,6 +54,7 @@ from onelib.hypervisor import (
     uri,
     vm_id,
 )
+from onelib.oned import Oned
 from onelib.paths import check_host, clean_path
 
 from .. import migrate_host, migrate_rules
@@ -83,13 +85,17 @@ def run(req: VmmRequest) -> None:
             return
         raise DriverError(f"domain {domain} is on neither {src} nor {dst}")
     live = dom.xml()
-    preflight.check(live, dest, vm)  # before anything moves: CPU, machine, firmware, memory
+    vm_doc = message.find("VM") if message is not None else None
+    oned = Oned(timeout=float(config.integer("API_TIMEOUT") or 30))
+    if vm_doc is None:
+        vm_doc = oned.vm(vm)
+    # before anything moves: CPU, machine, firmware, memory, secrets, every volume
+    preflight.check(live, dest, vm, volume_reasons(vm_doc, dst, oned))
     unsafe = uncached(live)
     lv = binding()
     flags, params = migrate_options(config.get("MIGRATE_OPTIONS"))
     flags = (flags & ~lv.VIR_MIGRATE_UNSAFE) | lv.VIR_MIGRATE_LIVE | (lv.VIR_MIGRATE_UNSAFE if unsafe else 0)
     p2p_uri = uri(config.get("MIGRATE_URI") or DEFAULT_MIGRATE_URI, dst, "MIGRATE_URI")
-    vm_doc = message.find("VM") if message is not None else None
     plan = migrate_rules.prepare(config, source, dst, domain, live, _target_dir(message), vm_doc,
                                  lambda name, virt: _dest_fact(dest, name, virt))
     xml = plan.xml()
