@@ -37,6 +37,8 @@ Configuration (``/etc/one/one-tweaks.conf``):
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import posixpath
 import re
 import shlex
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from lxml import etree
 
-from . import numbers, xmldoc
+from . import log, numbers, xmldoc
 from .config import Config
 from .errors import Conflict, DriverError, NotFound, Transient
 from .hostcmd import LOCAL_NAMES, Host
@@ -558,6 +560,24 @@ class Domain:
         self.call(f"blockresize {target} of",
                   lambda: self.dom.blockResize(target, size_bytes, lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES))
 
+    def set_metadata(self, element: etree._Element, *, key: str, namespace: str) -> None:
+        """Put ``element`` (in ``namespace``) into the domain's ``<metadata>``, replacing what
+        it had in that namespace: in the running domain, and in its persistent definition
+        too when it has one (OpenNebula's domains are transient: live only)."""
+        lv = binding()
+        persistent = self.call("persistence of", self.dom.isPersistent)
+        flags = lv.VIR_DOMAIN_AFFECT_LIVE | (lv.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0)
+        # libvirt puts every element of what it is given into ``namespace`` itself, and
+        # refuses XML that declares one already: it gets the elements by their local names
+        plain = copy.deepcopy(element)
+        for el in plain.iter():
+            if isinstance(el.tag, str):
+                el.tag = etree.QName(el).localname
+        etree.cleanup_namespaces(plain)
+        text = etree.tostring(plain).decode()
+        self.call("metadata of", lambda: self.dom.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, text, key, namespace,
+                                                              flags))
+
     def fs_freeze(self) -> None:
         self.call("domfsfreeze", lambda: self.dom.fsFreeze(None, 0))
 
@@ -621,6 +641,47 @@ class Domain:
         else:
             dconn = dst.conn
             self.hv.call(f"migrate {self.name} to {dst.name}", lambda: self.dom.migrate3(dconn, params, flags))
+
+
+# --- guest file systems frozen around a snapshot -------------------------------------------------
+
+class Freeze:
+    """What ``fs_frozen`` did: ``frozen`` (the agent froze the guest), else ``why_not``;
+    ``thaw_error`` when the thaw failed (the guest's file systems may still be frozen)."""
+
+    def __init__(self) -> None:
+        self.frozen = False
+        self.why_not = ""
+        self.thaw_error = ""
+
+
+@contextlib.contextmanager
+def fs_frozen(config: Config, host: str, name: str) -> Iterator[Freeze]:
+    """The file systems of domain ``name`` on ``host`` frozen by its guest agent for the
+    block (libvirt-python fsFreeze/fsThaw over the host's libvirt URI), thawed in a
+    ``finally`` whatever the block does. A guest that cannot be frozen (no agent, no such
+    domain, libvirt not reachable) is no error: the block runs unfrozen and ``why_not``
+    says why. A failed thaw is logged and left in ``thaw_error`` for the caller to judge."""
+    state = Freeze()
+    hv = Hypervisor(config, host)
+    try:
+        try:
+            dom = hv.domain(name)
+            dom.fs_freeze()
+            state.frozen = True
+        except DriverError as exc:
+            state.why_not = str(exc)
+        try:
+            yield state
+        finally:
+            if state.frozen:
+                try:
+                    dom.fs_thaw()
+                except DriverError as exc:
+                    state.thaw_error = str(exc)
+                    log.error(f"{name}: guest file systems not thawed: {exc}")
+    finally:
+        hv.close()
 
 
 # --- migration options ---------------------------------------------------------------------------

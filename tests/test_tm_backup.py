@@ -11,6 +11,7 @@ raw, the exact bytes written into the volumes before the backup.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -21,10 +22,11 @@ import time
 from pathlib import Path
 
 import drivers
+from livevm import libvirtd
 from lxml import etree
-from storage_env import Cloud, cloud, sshd
+from storage_env import LIBVIRT_CLIENT_LOG, Cloud, cloud, sshd
 
-FIXTURES = (cloud, sshd)
+FIXTURES = (cloud, sshd, libvirtd)
 
 VM = 42
 SIZE_MB = 16
@@ -230,7 +232,7 @@ def test_prebackup_snapshot_is_taken_before_the_copy(cloud: Cloud, tmp_path: Pat
 
 def test_backup_job_id_and_live_variants(cloud: Cloud, tmp_path: Path) -> None:
     """A backup job id changes nothing; postbackup_live is postbackup; a VM without a guest
-    agent is backed up live without any virsh command; one disk of two alone."""
+    agent is backed up live without asking libvirt; one disk of two alone."""
     sums = _setup(cloud)
     agent = cloud.oned.vm(VM).find("TEMPLATE/FEATURES/GUEST_AGENT")
     assert agent is not None
@@ -240,44 +242,68 @@ def test_backup_job_id_and_live_variants(cloud: Cloud, tmp_path: Path) -> None:
     _ok(_run(cloud, "postbackup_live", *_args(cloud, job="17")))
     _assert_clean(cloud)
 
-    ssh_start = len(cloud.ssh_commands())
     _ok(_run(cloud, "prebackup_live", *_args(cloud, disks="1")))
-    assert not any("virsh" in cmd for _, cmd in cloud.ssh_commands()[ssh_start:])
+    assert not cloud.libvirt_tunnels() and not cloud.libvirt_calls(), "libvirt was not asked"
     _assert_backup(cloud, {1: sums[1]}, tmp_path)
     assert [n.split("-ONEBACKUP-")[0] for n in _backup_snapshots(cloud)] == [VOLUMES[1]]
     _ok(_run(cloud, "postbackup", *_args(cloud, disks="1")))
     _assert_clean(cloud)
 
 
-def test_prebackup_live_freezes_the_guest_around_the_group_snapshot(cloud: Cloud, tmp_path: Path) -> None:
+def libvirt_times(cloud: Cloud, api: str, name: str) -> list[float]:
+    """When the driver processes called libvirt's ``api`` on domain ``name`` (epoch seconds,
+    from the timestamps of libvirt's client log, ``Cloud.libvirt_calls``)."""
+    path = cloud.root / LIBVIRT_CLIENT_LOG
+    out = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        stamp, _, rest = line.partition(": ")
+        call = rest.split(": debug : ", 1)[-1]
+        if call.startswith(api + ":") and f"name={name}," in call:
+            out.append(datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f%z").timestamp())
+    return out
+
+
+def api_times(cloud: Cloud, method: str) -> list[float]:
+    return [float(r["time"]) for r in cloud.sim.requests if r["method"] == method]
+
+
+def test_prebackup_live_freezes_the_guest_around_the_group_snapshot(cloud: Cloud, libvirtd: object,
+                                                                    tmp_path: Path) -> None:
+    """libvirt's test driver (served by the host's libvirtd, reached through the test sshd as
+    every host's libvirt is) answers fsFreeze/fsThaw for its domain "test": frozen right
+    before the group snapshot, thawed right after it and before any copy starts."""
     sums = _setup(cloud)  # vm-42.xml has FEATURES/GUEST_AGENT=yes
-    cloud.configure(LIBVIRT_URI="test:///default")  # libvirt's test driver answers for domain "test"
-    ssh_start = len(cloud.ssh_commands())
+    cloud.configure(LIBVIRT_URI="test:///default")
     proc = _run(cloud, "prebackup_live", *_args(cloud, deploy_id="test"))
     _ok(proc)
     assert proc.stderr == b""
-    cmds = [cmd for _, cmd in cloud.ssh_commands()[ssh_start:]]
-    virsh = [c for c in cmds if c.startswith("virsh")]
-    assert virsh == [f"virsh --connect test:///default {verb} test" for verb in ("domfsfreeze", "domfsthaw")]
-    freeze, thaw = cmds.index(virsh[0]), cmds.index(virsh[1])
-    assert freeze + 1 == thaw  # nothing but the group snapshot (an API call) in between
-    assert all("qemu-img" not in c for c in cmds[:thaw])  # copies only after the thaw
+    (freeze,) = libvirt_times(cloud, "virDomainFSFreeze", "test")
+    (thaw,) = libvirt_times(cloud, "virDomainFSThaw", "test")
+    (snapshot,) = api_times(cloud, "VolumesGroupSnapshot")
+    assert freeze <= snapshot <= thaw, "the group snapshot was taken while frozen"
+    assert all(thaw <= t for t in api_times(cloud, "VolumesReassign") + api_times(cloud, "VolumesReassignWait")
+               if t > snapshot), "the copies attach the snapshots only after the thaw"
+    tunnels = cloud.libvirt_tunnels()
+    assert tunnels and all("virt-ssh-helper" in c and "test:///default" in c for c in tunnels), \
+        "libvirt-python through the host's libvirt, no virsh"
     _assert_backup(cloud, sums, tmp_path)
     _ok(_run(cloud, "postbackup_live", *_args(cloud, deploy_id="test")))
     _assert_clean(cloud)
 
     # the group snapshot fails: the guest is thawed all the same
-    ssh_start = len(cloud.ssh_commands())
     cloud.sim.fail("VolumesGroupSnapshot")
     _failed(_run(cloud, "prebackup_live", *_args(cloud, deploy_id="test")))
-    assert [c for _, c in cloud.ssh_commands()[ssh_start:] if c.startswith("virsh")] == virsh
+    assert len(libvirt_times(cloud, "virDomainFSFreeze", "test")) == 2
+    assert len(libvirt_times(cloud, "virDomainFSThaw", "test")) == 2
     _assert_clean(cloud)
 
     # no guest agent answers (no such domain): an INFO line, the backup is made unfrozen
     proc = _run(cloud, "prebackup_live", *_args(cloud, deploy_id="one-42"))
     _ok(proc)
     lines = proc.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"INFO: {VM} guest file systems not frozen")
+    assert lines == [f"INFO: {VM} guest file systems not frozen (no domain one-42 on node1); "
+                     "backup snapshot taken without freeze"], lines
+    assert not libvirt_times(cloud, "virDomainFSThaw", "one-42"), "never thawed what is not frozen"
     _assert_backup(cloud, sums, tmp_path)
     _ok(_run(cloud, "postbackup_live"))
     _assert_clean(cloud)

@@ -26,10 +26,11 @@ from typing import Any
 
 import drivers
 import pytest
+from livevm import libvirtd
 from lxml import etree
 from storage_env import FRONTEND, Cloud, MiB, cloud, sshd
 
-FIXTURES = (cloud, sshd)
+FIXTURES = (cloud, sshd, libvirtd)
 VM = 42
 STIME = "1717000000"  # vm-42.xml's STIME, kept by the double's VM documents
 CLIENT = {"node1": 1, "node2": 2, FRONTEND: 3}
@@ -577,7 +578,9 @@ def test_disksnapshot_limit_from_config_and_vm(cloud: Cloud) -> None:
     assert "one-sys-42-2-raw-snap0" in snapshots(cloud)
 
 
-def test_snap_create_live_snapshots_when_the_guest_cannot_be_frozen(cloud: Cloud) -> None:
+def test_snap_create_live_snapshots_when_the_guest_cannot_be_frozen(cloud: Cloud, libvirtd: object) -> None:
+    """node1's libvirt (libvirt-python through the test sshd) has no domain one-42: the
+    snapshot is taken unfrozen with an INFO line, and nothing is thawed."""
     deployed(cloud)
     vm = cloud.oned.vm(VM)
     assert vm.findtext("TEMPLATE/FEATURES/GUEST_AGENT") == "yes"
@@ -586,11 +589,14 @@ def test_snap_create_live_snapshots_when_the_guest_cannot_be_frozen(cloud: Cloud
     proc = ok(cloud.run_tm("snap_create_live", cloud.tm_path("node1", VM, 0), "1", "42", "100"))
     assert set(snapshots(cloud)) == {"one-img-7-42-0-snap0", "one-img-7-42-0-snap1"}
     lines = proc.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("INFO: 42 guest file systems not frozen (")
-    assert lines[0].endswith("): disk snapshot taken without fsfreeze")
-    virsh = [c for h, c in cloud.ssh_commands() if "virsh" in c]
-    assert virsh == ["virsh --connect qemu:///system domfsfreeze one-42"] * 2  # never thawed what is not frozen
-    assert all(h == "node1" for h, c in cloud.ssh_commands() if "virsh" in c)
+    assert lines == ["INFO: 42 guest file systems not frozen (no domain one-42 on node1): "
+                     "disk snapshot taken without fsfreeze"], lines
+    looked_up = [c for c in cloud.libvirt_calls("virDomainLookupByName") if "name=one-42" in c]
+    assert len(looked_up) == 2, "each snapshot asked node1's libvirt for the domain"
+    assert not cloud.libvirt_calls("virDomainFSFreeze") and not cloud.libvirt_calls("virDomainFSThaw"), (
+        "never thawed what is not frozen")
+    tunnels = cloud.libvirt_tunnels()
+    assert len(tunnels) == 2 and all("virt-ssh-helper" in c for c in tunnels), "libvirt-python, no virsh"
 
 
 # --- mv -------------------------------------------------------------------------------------------

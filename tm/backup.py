@@ -15,9 +15,9 @@ prebackup (what addon-storpool's backup does; full backups only)
      ``vm.xml`` there (base64 of the VM document, as OpenNebula's own drivers do, for restores);
   3. takes ONE group snapshot of the listed disks' volumes, ``<vol>-ONEBACKUP-<ts>`` with one
      timestamp, tagged virt/nloc/nvm/onebackup, then tags each snapshot with its ``diskid``.
-     ``_live`` freezes the guest's file systems around the group snapshot with ``virsh
-     domfsfreeze``/``domfsthaw DEPLOY_ID`` on the host when the VM has FEATURES/GUEST_AGENT=yes
-     (LIBVIRT_URI, default qemu:///system); an unanswered freeze gives an INFO line and the
+     ``_live`` freezes the guest's file systems around the group snapshot (libvirt-python's
+     fsFreeze/fsThaw of domain DEPLOY_ID on the host's libvirt, ``onelib.hypervisor``) when
+     the VM has FEATURES/GUEST_AGENT=yes; an unanswered freeze gives an INFO line and the
      snapshot is taken unfrozen, as snap_create_live does. A failed thaw fails the backup;
   4. per disk, attaches the snapshot read-only to the host, runs ``qemu-img convert -f raw
      -O qcow2 <device> backup/disk.<ID>.0`` there (the source is always read as raw: an image
@@ -59,6 +59,7 @@ from datastore.driver import Driver
 from onelib import log, numbers, xmldoc
 from onelib.errors import DriverError
 from onelib.hostcmd import Host
+from onelib.hypervisor import fs_frozen
 from onelib.paths import clean_path, split_host_path
 from tweaks.record import record
 
@@ -231,7 +232,7 @@ def prebackup(req: TmRequest) -> None:
                            clean_dir, backup_dir], input=base64.encodebytes(etree.tostring(vm)))
                 with _locks(drv, [volume for volume, _ in pairs]):
                     made = None
-                    _group_snapshot(drv, shell, args, vm, pairs, stamp, freeze)
+                    _group_snapshot(drv, args, pairs, stamp, freeze)
                     made = [snap for _, snap in pairs]
                 for (disk_id, _), (_, snap) in zip(targets, pairs, strict=True):
                     drv.backend.set_tags(snap, {"diskid": str(disk_id)}, snapshot=True)
@@ -251,26 +252,19 @@ def prebackup(req: TmRequest) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _group_snapshot(drv: Driver, shell: Host, args: BackupArgs, vm: etree._Element,
-                    pairs: Sequence[tuple[str, str]], stamp: int, freeze: bool) -> None:
+def _group_snapshot(drv: Driver, args: BackupArgs, pairs: Sequence[tuple[str, str]], stamp: int,
+                    freeze: bool) -> None:
     tags = {"virt": "one", "nloc": drv.names.px, "nvm": str(args.vm_id), BACKUP_TAG: str(stamp)}
-    uri = drv.config.get("LIBVIRT_URI") or "qemu:///system"
-    frozen = False
-    if freeze:
-        result = shell.run(["virsh", "--connect", uri, "domfsfreeze", args.deploy_id], check=False)
-        frozen = result.returncode == 0
-        if not frozen:
-            log.vm_log(args.vm_id, "guest file systems not frozen (no guest agent answer); "
-                       "backup snapshot taken without freeze", severity="INFO")
-    try:
+    if not freeze:
         drv.backend.group_snapshot(pairs, tags=tags)
-    finally:
-        if frozen:
-            result = shell.run(["virsh", "--connect", uri, "domfsthaw", args.deploy_id], check=False)
-            if result.returncode != 0:
-                reason = result.stderr.decode(errors="replace").strip().splitlines()
-                raise DriverError(f"{args.host}: virsh domfsthaw {args.deploy_id} failed, the guest's file "
-                                  f"systems may still be frozen: {reason[-1] if reason else 'no error output'}")
+        return
+    with fs_frozen(drv.config, args.host, args.deploy_id) as state:
+        if not state.frozen:
+            log.vm_log(args.vm_id, f"guest file systems not frozen ({state.why_not}); "
+                       "backup snapshot taken without freeze", severity="INFO")
+        drv.backend.group_snapshot(pairs, tags=tags)
+    if state.thaw_error:
+        raise DriverError(f"{state.thaw_error}: the guest's file systems may still be frozen")
 
 
 def _rollback(drv: Driver, shell: Host, args: BackupArgs, pairs: Sequence[tuple[str, str]], stamp: int,

@@ -4,7 +4,7 @@ DISKSNAPSHOT_LIMIT (the VM's USER_TEMPLATE, then its TEMPLATE, then the VM's sys
 datastore, then the configuration overlaid with the disk datastore's attribute) caps the
 snapshots of one disk.
 SNAP_CREATE_LIVE (running VM) freezes the guest's file systems through qemu-guest-agent
-(``virsh domfsfreeze`` on the host) around the snapshot when the VM has
+(libvirt-python's fsFreeze/fsThaw on the host's libvirt, ``onelib.hypervisor``) around the snapshot when the VM has
 FEATURES/GUEST_AGENT=yes or VMSNAPSHOT_FSFREEZE is set; a guest whose agent does not
 answer is snapshotted unfrozen, with an INFO line for the VM log, as oned's own drivers do.
 
@@ -13,7 +13,9 @@ A re-run after a crash finds the snapshot it took (tagged with this VM and disk)
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 from lxml import etree
 
@@ -21,6 +23,7 @@ from datastore.driver import Driver
 from onelib import log, numbers, xmldoc
 from onelib.config import SANE_MAX
 from onelib.errors import Conflict, DriverError
+from onelib.hypervisor import Freeze, fs_frozen
 from onelib.paths import number
 
 from ..common import DiskPath, disk_path, driver_for, ds_id_arg, fetch_vm, vm_disk, vm_id_arg
@@ -53,14 +56,11 @@ def run(req: TmRequest) -> None:
                 raise DriverError(f"disk {dst.disk_id} already has {len(existing)} snapshots "
                                   f"(DISKSNAPSHOT_LIMIT={limit})")
         freeze = req.action == "snap_create_live" and _wants_freeze(drv, vm)
-        frozen = _fsfreeze(drv, dst, vm) if freeze else False
-        try:
-            drv.backend.snapshot(name, snapshot, tags=tags)
-        except Conflict:
-            _check_ours(drv, snapshot, tags)
-        finally:
-            if frozen:
-                _fsthaw(drv, dst, vm)
+        with _frozen(drv, dst, vm) if freeze else contextlib.nullcontext():
+            try:
+                drv.backend.snapshot(name, snapshot, tags=tags)
+            except Conflict:
+                _check_ours(drv, snapshot, tags)
 
 
 def _check_ours(drv: Driver, snapshot: str, tags: dict[str, str]) -> None:
@@ -94,31 +94,24 @@ def _deploy_id(vm: etree._Element) -> str:
     return deploy_id
 
 
-def _virsh(drv: Driver, dst: DiskPath, verb: str, deploy_id: str) -> tuple[bool, str]:
-    uri = drv.config.get("LIBVIRT_URI") or "qemu:///system"
-    try:
-        proc = drv.shell(dst.host).run(["virsh", "--connect", uri, verb, deploy_id], check=False, timeout=60)
-    except DriverError as exc:
-        return False, str(exc)
-    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return proc.returncode == 0, lines[-1].strip()[:200] if lines else f"exit {proc.returncode}"
-
-
-def _fsfreeze(drv: Driver, dst: DiskPath, vm: etree._Element) -> bool:
-    """Freeze the guest's file systems; False (and an INFO line) when that is not possible."""
+@contextlib.contextmanager
+def _frozen(drv: Driver, dst: DiskPath, vm: etree._Element) -> Iterator[None]:
+    """The guest's file systems frozen for the block (``onelib.hypervisor.fs_frozen``);
+    unfrozen, with an INFO line for the VM log, when that is not possible."""
     vm_id = xmldoc.text(vm, "ID")
     deploy_id = _deploy_id(vm)
     if not deploy_id:
         log.vm_log(vm_id, "no libvirt domain known (DEPLOY_ID): disk snapshot taken without fsfreeze")
-        return False
-    ok, why = _virsh(drv, dst, "domfsfreeze", deploy_id)
-    if not ok:
-        log.vm_log(vm_id, f"guest file systems not frozen ({why}): disk snapshot taken without fsfreeze")
-    return ok
-
-
-def _fsthaw(drv: Driver, dst: DiskPath, vm: etree._Element) -> None:
-    ok, why = _virsh(drv, dst, "domfsthaw", _deploy_id(vm))
-    if not ok:
-        log.vm_log(xmldoc.text(vm, "ID"), f"guest file systems not thawed ({why}): run virsh domfsthaw",
-                   severity="ERROR")
+        yield
+        return
+    state: Freeze | None = None
+    try:
+        with fs_frozen(drv.config, dst.host, deploy_id) as state:
+            if not state.frozen:
+                log.vm_log(vm_id, f"guest file systems not frozen ({state.why_not}): "
+                           "disk snapshot taken without fsfreeze")
+            yield
+    finally:
+        if state is not None and state.thaw_error:
+            log.vm_log(vm_id, f"guest file systems not thawed ({state.thaw_error}): run virsh domfsthaw",
+                       severity="ERROR")
