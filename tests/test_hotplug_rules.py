@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import os
 import re
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from livevm import dumpxml, libvirtd, virsh
 from lxml import etree
 from sim.frontend import Frontend
 from storage_env import Cloud, cloud, sshd
+from test_drift import drift
 from test_vmm_disks import run_vmm
 
 from tweaks import provenance
@@ -100,8 +104,14 @@ def _devices(name: str) -> dict[str, bytes]:
     return out
 
 
+@dataclass
+class AfterHotplug:
+    stamp: provenance.Provenance | None          # the running domain's, after the hot-plugs
+    drift: subprocess.CompletedProcess[str]      # one-tweaks drift of the untouched VM
+
+
 def _deploy_then_hotplug(cloud: Cloud, vm_id: int, images: tuple[int, int, int],
-                         nic: bool) -> tuple[dict[str, bytes], dict[str, bytes]]:
+                         nic: bool) -> tuple[dict[str, bytes], dict[str, bytes], AfterHotplug]:
     fe = Frontend(cloud, nics=True)
     name = f"one-{vm_id}"
     try:
@@ -127,7 +137,9 @@ def _deploy_then_hotplug(cloud: Cloud, vm_id: int, images: tuple[int, int, int],
             fe.attach_disk(vm_id, disk)
         if nic:
             fe.attach_nic(vm_id, late_nic)
-        return deployed, _devices(name)
+        assert not [err for _, err in fe.stderr if b"provenance not recorded" in err]
+        after = AfterHotplug(provenance.read(dumpxml(name)), drift(cloud, "--host", "node1", str(vm_id)))
+        return deployed, _devices(name), after
     finally:
         virsh("destroy", name, check=False, timeout=120)
 
@@ -151,8 +163,23 @@ def test_storpool_disks_and_a_nic_hot_plugged_equal_the_deployed_ones(cloud: Clo
     _rules(cloud, tmp_path)
     for image in (71, 72, 73):
         cloud.make_volume(f"one-img-{image}", 16, data=f"image {image}".encode() * 64)
-    deployed, hotplugged = _deploy_then_hotplug(cloud, BASE_ID + 0, (71, 72, 73), nic=True)
+    deployed, hotplugged, after = _deploy_then_hotplug(cloud, BASE_ID + 0, (71, 72, 73), nic=True)
     _same(deployed, hotplugged)
+    # the running domain's provenance names each hot-plug and the rule files that shaped it
+    # (setMetadata, live); drift still finds nothing: the deploy's stamp and inputs are as they were
+    assert after.stamp is not None and after.stamp.changed_by()["disk-driver"] == ["disk_driver"]
+    mac = f"02:00:0a:{(BASE_ID + 0) % 100:02d}:00:01"
+    plugs = {(p.device, p.target, p.action): p for p in after.stamp.hotplugs}
+    assert sorted(plugs) == [("disk", "sda", "attach_disk-tweaks"), ("disk", "vdb", "attach_disk-tweaks"),
+                             ("interface", mac, "attach_nic-tweaks")]
+    vdb = plugs["disk", "vdb", "attach_disk-tweaks"]
+    by_rule = {r.name: r for r in vdb.rules}
+    assert by_rule["disk-driver"].tweaks == ["disk_driver"] and by_rule["disk-driver"].file == "52-disk-driver.yaml"
+    assert by_rule["disk-driver"].sha256 == hashlib.sha256(DISK_DRIVER.encode()).hexdigest()
+    assert {"iothreads", "disk_serial"} & {t for r in vdb.rules for t in r.tweaks}, vdb.rules
+    assert all(r.status == "applied" and r.tweaks for p in plugs.values() for r in p.rules)
+    assert after.drift.returncode == 0, after.drift.stdout + after.drift.stderr
+    assert after.drift.stdout.endswith(": no drift\n") and after.drift.stderr == ""
     vdb = etree.fromstring(hotplugged["disk vdb"])
     drv = vdb.find("driver")
     # what the rules gave it: iothread round-robin (2nd virtio disk), one queue per vCPU, the
@@ -170,7 +197,7 @@ def test_linstor_disks_hot_plugged_equal_the_deployed_ones(lcloud: LinstorCloud,
     for image in (81, 82, 83):
         lcloud.make_image(image, size_mb=16)
         lcloud.make_volume(f"one-image-{image}", 16, data=f"image {image}".encode() * 64, tags={"virt": "one"})
-    deployed, hotplugged = _deploy_then_hotplug(lcloud, BASE_ID + 1, (81, 82, 83), nic=False)
+    deployed, hotplugged, _ = _deploy_then_hotplug(lcloud, BASE_ID + 1, (81, 82, 83), nic=False)
     _same(deployed, hotplugged)
     drv = etree.fromstring(hotplugged["disk vdb"]).find("driver")
     assert (drv.get("iothread"), drv.get("queues"), drv.get("cache")) == ("2", "2", "writeback")

@@ -10,8 +10,22 @@ A tweaked domain carries, in ``<metadata>``, one element in a namespace of its o
 
 one ``rule`` per rule file in effect (file name, path, SHA-256 of its content; the rule it
 holds and what it did; ``tweaks``: the tweaks that changed the domain) and the one-tweaks
-version. libvirt keeps custom metadata across save/restore and migration, so a running
-domain says which rule files it was made with.
+version. Each device hot-plugged through the rules (attach_disk-tweaks, attach_nic-tweaks)
+adds a ``hotplug`` element after the rules: the device (``disk``/``interface``) and its
+target or MAC, the action, the one-tweaks version, and one ``rule`` per rule file that
+changed the device (file, path, SHA-256, rule name, tweaks)::
+
+      <one-tweaks:hotplug device="disk" target="vdb" action="attach_disk-tweaks" version="0.1.0">
+        <one-tweaks:rule file="10-iothreads.yaml" path="..." sha256="..." name="iothreads"
+                         status="applied" tweaks="iothreads"/>
+      </one-tweaks:hotplug>
+
+The hot-plug entries say what shaped devices the deploy did not; they are kept when a
+later apply (a migration's rules) replaces the stamp, and ``files``/``changed_by`` (what
+``drift`` compares) describe the deploy's rules only.
+
+libvirt keeps custom metadata across save/restore and migration, so a running domain
+says which rule files it was made with.
 
 The stamp is written outside the Editor: it is never a change in a report, and a second
 apply that changes nothing keeps the stamp that is there (same bytes), so idempotence holds.
@@ -20,6 +34,7 @@ apply that changes nothing keeps the stamp that is there (same bytes), so idempo
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -33,6 +48,7 @@ NAMESPACE = "urn:one-tweaks:provenance:1"
 PREFIX = "one-tweaks"
 _ROOT = f"{{{NAMESPACE}}}provenance"
 _RULE = f"{{{NAMESPACE}}}rule"
+_HOTPLUG = f"{{{NAMESPACE}}}hotplug"
 
 
 @record
@@ -46,9 +62,19 @@ class RuleEntry:
 
 
 @record
+class Hotplug:
+    device: str                  # disk | interface
+    target: str                  # the disk's target dev, the NIC's MAC
+    action: str
+    version: str
+    rules: list[RuleEntry] = field(default_factory=list)
+
+
+@record
 class Provenance:
     version: str
     rules: list[RuleEntry] = field(default_factory=list)
+    hotplugs: list[Hotplug] = field(default_factory=list)
 
     def files(self) -> dict[str, str]:
         """file name -> SHA-256 (what drift compares with today's rule files)."""
@@ -74,12 +100,21 @@ def read(root: etree._Element) -> Provenance | None:
     el = find(root)
     if el is None:
         return None
-    out = Provenance(version=el.get("version", ""))
+    out = Provenance(version=el.get("version", ""), rules=_rules(el))
+    for plug in el.iterfind(_HOTPLUG):
+        out.hotplugs.append(Hotplug(device=plug.get("device", ""), target=plug.get("target", ""),
+                                    action=plug.get("action", ""), version=plug.get("version", ""),
+                                    rules=_rules(plug)))
+    return out
+
+
+def _rules(el: etree._Element) -> list[RuleEntry]:
+    out = []
     for rule in el.iterfind(_RULE):
         tweaks = [t for t in rule.get("tweaks", "").split(",") if t]
-        out.rules.append(RuleEntry(file=rule.get("file", ""), path=rule.get("path", ""),
-                                   sha256=rule.get("sha256", ""), name=rule.get("name", ""),
-                                   status=rule.get("status", ""), tweaks=tweaks))
+        out.append(RuleEntry(file=rule.get("file", ""), path=rule.get("path", ""),
+                             sha256=rule.get("sha256", ""), name=rule.get("name", ""),
+                             status=rule.get("status", ""), tweaks=tweaks))
     return out
 
 
@@ -111,6 +146,8 @@ def stamp(root: etree._Element, report: Report, files: Sequence[tuple[str, str]]
         return False
     fresh = build(report, files)
     if current is not None:
+        for plug in current.iterfind(_HOTPLUG):  # devices the rules shaped since the deploy
+            fresh.append(copy.deepcopy(plug))
         parent = current.getparent()
         assert parent is not None
         fresh.tail = current.tail
@@ -121,3 +158,37 @@ def stamp(root: etree._Element, report: Report, files: Sequence[tuple[str, str]]
         meta = etree.SubElement(root, "metadata")
     meta.append(fresh)
     return True
+
+
+def hotplug(report: Report, files: Sequence[tuple[str, str]], *, device: str, target: str,
+            action: str) -> etree._Element:
+    """The ``hotplug`` entry for one device the rules shaped before it was plugged in:
+    the rule files of ``files`` whose rule changed it (``report`` of the device's apply)."""
+    by_path = {r.file: r for r in report.results}
+    el = etree.Element(_HOTPLUG, nsmap={PREFIX: NAMESPACE})
+    for key, value in (("device", device), ("target", target), ("action", action), ("version", __version__)):
+        el.set(key, value)
+    for path, digest in files:
+        result = by_path.get(path)
+        if result is None or result.status != APPLIED:
+            continue
+        attrs = {"file": os.path.basename(path), "path": path, "sha256": digest, "name": result.name,
+                 "status": result.status}
+        if result.tweaks:
+            attrs["tweaks"] = ",".join(result.tweaks)
+        etree.SubElement(el, _RULE, attrs)
+    return el
+
+
+def with_hotplug(root: etree._Element, entry: etree._Element) -> etree._Element:
+    """A new provenance element for ``root`` (a ``<domain>``, left as it is): its stamp
+    with ``entry`` appended, or a stamp holding only ``entry`` when it has none (a domain
+    deployed without the rules)."""
+    current = find(root)
+    if current is not None:
+        fresh = copy.deepcopy(current)
+    else:
+        fresh = etree.Element(_ROOT, nsmap={PREFIX: NAMESPACE})
+        fresh.set("version", __version__)
+    fresh.append(copy.deepcopy(entry))
+    return fresh

@@ -183,7 +183,7 @@ def _changed_files(live: etree._Element, ruleset: Any) -> list[dict[str, str]]:
     from tweaks.report import APPLIED
 
     stamp = provenance.read(live)
-    if stamp is None:
+    if stamp is None or not stamp.rules:  # no stamp, or only hot-plug entries: deployed without the rules
         return []
     then = {r.file: r for r in stamp.rules}
     now = {posixpath.basename(path): sha for path, sha in ruleset.hashes}

@@ -90,8 +90,9 @@ def run(req: VmmRequest) -> str:
     el = disk_element(disk, path, target, live, config, cdrom=cdrom,
                       sd_bus=xmldoc.text(vm, "TEMPLATE/OS/SD_DISK_BUS").lower(), vm=vm)
     # the same rule files as deploy: the disk gets what it would have got deployed with the VM
-    el = hotplug.shape(el, live, vm, vm_id, config, "attach_disk-tweaks")
-    dom.attach(etree.tostring(el))
+    shaped = hotplug.shape(el, live, vm, vm_id, config, "attach_disk-tweaks", target=target)
+    dom.attach(etree.tostring(shaped.device))
+    hotplug.stamp(dom, shaped, vm_id, "attach_disk-tweaks")
     log.info(f"VM {vm_id}: disk {disk_id} attached as {target}")
     return ""
 

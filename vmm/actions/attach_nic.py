@@ -61,8 +61,9 @@ def run(req: VmmRequest) -> str:
             log.info(f"VM {vm_id}: a NIC with MAC {mac} is attached already")
             return ""
     # the same rule files as deploy: the NIC gets what it would have got deployed with the VM
-    el = hotplug.shape(el, live, vm, vm_id, config, "attach_nic-tweaks")
-    dom.attach(etree.tostring(el))
+    shaped = hotplug.shape(el, live, vm, vm_id, config, "attach_nic-tweaks", target=mac.lower())
+    dom.attach(etree.tostring(shaped.device))
+    hotplug.stamp(dom, shaped, vm_id, "attach_nic-tweaks")
     log.info(f"VM {vm_id}: NIC {xmldoc.text(nic, 'NIC_ID')} attached ({mac})")
     return ""
 
