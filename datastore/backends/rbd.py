@@ -151,7 +151,7 @@ class Rbd(Backend):
                    ("DRIVER", "raw"), ("ALLOW_ORPHANS", "mixed"))
     ds_mad_conf = (("REQUIRED_ATTRS", "DISK_TYPE"), ("PERSISTENT_ONLY", "NO"), ("MARKETPLACE_ACTIONS", "export"))
     group_snapshots = True          # RBD group snapshots (``group_snapshot``)
-    nvram_volumes = False           # not yet: the NVRAM template written through librbd
+    nvram_volumes = True            # ``make_nvram``: the VARS template written through librbd
     can_rename = True
     delayed_delete = False          # per datastore: CEPH_TRASH (see from_config)
 
@@ -212,7 +212,10 @@ class Rbd(Backend):
         disk), ``storage_hosts`` (CEPH_HOST), ``storage_user`` (CEPH_USER), ``storage_secret``
         (CEPH_SECRET, type ceph): the disk's own (inherited) values, else the system
         datastore's. The context ISO is a file on the host (no volume is named for it).
-        Scalars: ``storage.rbd_pool`` (the system datastore's POOL_NAME)."""
+        Scalars: ``storage.rbd_pool`` (the system datastore's POOL_NAME); for a known VM its
+        NVRAM image (``make_nvram``) for os_nvram: ``storage.nvram_protocol`` rbd,
+        ``storage.nvram_name`` ``<POOL>/one-sys-<VM>-nvram``, ``storage.nvram_hosts``/``_user``/
+        ``_secret``/``_secret_type`` from the system datastore."""
         from onelib import xmldoc
 
         attrs = xmldoc.template_attrs(datastore.find("TEMPLATE")) if datastore is not None else {}
@@ -241,7 +244,16 @@ class Rbd(Backend):
             if values.get("storage_secret"):
                 values["storage_secret_type"] = "ceph"
             out[disk_id] = values
-        return {"storage.rbd_pool": sys_pool}, out
+        scalars = {"storage.rbd_pool": sys_pool}
+        if vm_id.isascii() and vm_id.isdigit():
+            scalars.update({"storage.nvram_protocol": "rbd",
+                            "storage.nvram_name": RbdNames(px=px, pool=sys_pool).nvram(int(vm_id))})
+            for key, fact in (("CEPH_HOST", "hosts"), ("CEPH_USER", "user"), ("CEPH_SECRET", "secret")):
+                if attrs.get(key):
+                    scalars[f"storage.nvram_{fact}"] = attrs[key]
+            if attrs.get("CEPH_SECRET"):
+                scalars["storage.nvram_secret_type"] = "ceph"
+        return scalars, out
 
     @classmethod
     def host_ref(cls, name: str, attrs: Mapping[str, str], config: Config) -> HostRef:
@@ -1001,6 +1013,45 @@ class Rbd(Backend):
                 offset += length
             self._do(f"flush {ref}", target.flush)
 
+
+    # --- UEFI NVRAM --------------------------------------------------------------------------
+    def make_nvram(self, name: str, size: int, *, placement: str, tags: Mapping[str, str], host: HostRef,
+                   shell: Any, template: str) -> str:
+        """The VM's NVRAM image ``name``, made once: ``size`` bytes with the VARS ``template``
+        (read on the host, the firmware qemu runs there) written through librbd at its end,
+        where OVMF finds it on a larger flash. Made under ``.partial`` and renamed: an image
+        of that name always holds the template or the guest's variables. An existing image
+        keeps them (only one whose variable store is empty is filled); one that is not this
+        VM's NVRAM (``tags["nvm"]``) is refused. Returns the ``rbd:`` target."""
+        _, rbd = _lib()
+        ref = self._ref(name)
+        proc = shell.run(["cat", "--", template], check=False)
+        if proc.returncode != 0:
+            raise DriverError(f"NVRAM template {template} cannot be read on {host.name or 'the host'}")
+        data: bytes = proc.stdout
+        if not 0 < len(data) <= size:
+            raise DriverError(f"NVRAM template {template} has an unexpected size ({len(data)} bytes)")
+        try:
+            self._absent(ref)
+        except Conflict:
+            found = self.get(name)
+            if found is None or found.snapshot or found.tags.get("nvm") != tags.get("nvm"):
+                raise DriverError(f"RBD image {ref} exists and is not VM {tags.get('nvm')}'s NVRAM") from None
+            with self._image(ref) as image:
+                offset = int(self._do(f"{ref}", image.size)) - len(data)
+                if offset < 0:
+                    raise DriverError(f"RBD image {ref} is smaller than the NVRAM template {template}") from None
+                if not self._do(f"read {ref}", image.read, offset, len(data)).strip(b"\0"):
+                    self._do(f"write {ref}", image.write, data, offset)
+                    self._do(f"flush {ref}", image.flush)
+            return self.target(name)
+        with self._staged(ref) as part:
+            self._do(f"RBD image {ref}", rbd.RBD().create, self._io(ref.pool), part.image, size, **self._create_args())
+            self._tag(part, tags)
+            with self._image(part) as image:
+                self._do(f"write {ref}", image.write, data, size - len(data))
+                self._do(f"flush {ref}", image.flush)
+        return self.target(name)
 
     # --- hosts: none (network disks) -------------------------------------------------------
     def target(self, name: str) -> str:
