@@ -5,10 +5,13 @@ migrate override (migrate-tweaks) and tm premigrate, on StorPool-simulator volum
 
 Each refusal is a real difference between the hosts, found by asking node2's libvirt and
 the storage backend: an NVRAM template that exists on node1 only (under /var/lib/libvirt,
-which node2 has its own of), a volume of the VM that does not exist. (A CPU refusal needs
-hosts whose CPUs differ; both test hosts are this machine, and libvirt rewrites a running
-guest's CPU to the features it really got, so a running domain never requires one its own
-host lacks: ``test_hypervisor`` asks node2's libvirt about a CPU definition instead.) Every way in refuses with one
+which node2 has its own of), a volume of the VM that does not exist, and a CPU feature the
+running domain requires that the destination lacks. Both test hosts are this machine, so
+for the CPU a third host, node2 "without" the feature, is made: node2 again with its own
+/var/cache/libvirt, seeded with node1's capability cache of the same qemu (libvirt accepts
+it: same binary, daemon, kernel and CPU) with that feature turned off in the host CPU
+libvirt probed. That libvirt then reports a host CPU without it (domain capabilities'
+host-model, compareHypervisorCPU), as it would on an older CPU. Every way in refuses with one
 line per reason (the drivers: one line, the reasons joined), a non-zero exit, no migration
 asked of libvirt, nothing on node2 (no domain, no VM directory, no attachment) and the
 domain running on node1 with the same live XML. With all of it in order the same VM moves.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +33,8 @@ from pathlib import Path
 import pytest
 from livevm import OVMF_CODE, OVMF_VARS, kvm_available, libvirtd, virsh
 from lxml import etree
-from storage_env import Cloud, cloud, sshd
+from storage_env import Cloud, Sshd, cloud, sshd
+from test_hypervisor import tiny_domain
 from test_vmm_migrate import (
     NAME_PREFIX,
     SecondHost,
@@ -37,6 +43,7 @@ from test_vmm_migrate import (
     migrations,
     move_history,
     second_host,
+    started_second_host,
 )
 
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts)
@@ -215,3 +222,102 @@ def test_volume_reasons_ask_the_backend_without_attaching(cloud: Cloud) -> None:
     assert {k: v for k, v in after.items() if k != "time"} == {k: v for k, v in before.items() if k != "time"}
     assert not [name for name, _ in cloud.sim.calls[calls:] if "Reassign" in name or "Create" in name], \
         "asked, never attached or made"
+
+
+# --- a destination whose CPU lacks a feature ----------------------------------------------------
+
+CACHE = Path("/var/cache/libvirt/qemu/capabilities")
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+# features libvirt and qemu name alike, one of which this CPU has (x2apic: every x86 host KVM runs on)
+CPU_FEATURES = ("x2apic", "popcnt", "cx16", "lahf_lm", "sse4.2")
+
+
+def capability_cache() -> Path:
+    """node1's libvirt capability cache of EMULATOR (made now if libvirt has not yet)."""
+    virsh("domcapabilities", "--emulatorbin", EMULATOR, "--virttype", "kvm" if kvm_available() else "qemu")
+    for path in sorted(CACHE.glob("*.xml")):
+        if f"<emulator>{EMULATOR}</emulator>" in path.read_text():
+            return path
+    raise AssertionError(f"libvirt keeps no capability cache of {EMULATOR} in {CACHE}")
+
+
+def without_feature(cache: str, accel: str) -> tuple[str, str]:
+    """``cache`` with the first of CPU_FEATURES the ``accel`` host CPU has turned off there."""
+    start = cache.index(f"<hostCPU type='{accel}'")
+    end = cache.index("</hostCPU>", start)
+    section = cache[start:end]
+    for feature in CPU_FEATURES:
+        found = re.search(rf"<property name='{re.escape(feature)}' type='boolean' value='true'", section)
+        if found:
+            edited = section[:found.start()] + found.group(0).replace("'true'", "'false'") + section[found.end():]
+            return cache[:start] + edited + cache[end:], feature
+    raise AssertionError(f"the {accel} host CPU has none of {CPU_FEATURES}")
+
+
+@pytest.fixture(scope="module")
+def narrow_host(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd,
+                libvirtd: object) -> Iterator[tuple[SecondHost, str]]:
+    """node2 whose libvirt sees a host CPU without one feature this machine has."""
+    base = tmp_path_factory.mktemp("node2-narrow")
+    seeded = base / "cache" / "qemu" / "capabilities"
+    seeded.mkdir(parents=True)
+    source = capability_cache()
+    text, feature = without_feature(source.read_text(), "kvm" if kvm_available() else "tcg")
+    (seeded / source.name).write_text(text)
+    with started_second_host(base, sshd, {"cache": "/var/cache/libvirt"}) as node2:
+        yield node2, feature
+
+
+@pytest.fixture
+def narrow_hosts(cloud: Cloud, narrow_host: tuple[SecondHost, str]) -> Iterator[tuple[SecondHost, str]]:
+    node2, _ = narrow_host
+    cloud.configure(SSH_COMMAND=shlex.join(["ssh", "-F", str(node2.ssh_config)]),
+                    MIGRATE_URI=f"qemu+ssh://{{host}}/system?command={node2.ssh_wrapper}",
+                    MIGRATE_OPTIONS="--migrateuri tcp://127.0.0.1")
+    yield narrow_host
+    node2.destroy_all()
+    for name in virsh("list", "--name", check=False).stdout.split():
+        if name.startswith(NAME_PREFIX):
+            virsh("destroy", name, check=False, timeout=120)
+
+
+def test_preflight_refuses_a_host_whose_cpu_lacks_a_required_feature(
+        cloud: Cloud, narrow_hosts: tuple[SecondHost, str], tmp_path: Path) -> None:
+    """A named CPU model with a feature required, running on node1 (libvirt's live definition
+    lists what the guest really got, the feature required among them: started with
+    check='none' since qemu64 under this machine's nested KVM lacks some of its own model's
+    features); node2's libvirt has no such feature: the three ways in refuse, naming it, and
+    nothing moves."""
+    node2, feature = narrow_hosts
+    offered = node2.virsh("domcapabilities", "--virttype", "kvm" if kvm_available() else "qemu").stdout
+    host_model = offered[offered.index("<mode name='host-model'"):offered.index("</mode>",
+                                                                             offered.index("<mode name='host-model'"))]
+    assert f"name='{feature}'" not in host_model or f"policy='disable' name='{feature}'" in host_model, \
+        f"node2's libvirt offers {feature}: the seeded cache was not used"
+    vm_id = 4506
+    name, dom_uuid = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    vm_with_domain(cloud, vm_id, dom_uuid, cloned=True)
+    cpu = (f"<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
+           f"<feature policy='require' name='{feature}'/></cpu>")
+    xml = tiny_domain(name).replace(b"<name>", f"<uuid>{dom_uuid}</uuid><name>".encode(), 1)
+    xml = re.sub(rb"<uuid>[^<]*</uuid>(?=<memory)", b"", xml)
+    xml = re.sub(rb"<cpu .*?</cpu>", b"", xml, flags=re.S).replace(b"</os>", b"</os>" + cpu.encode())
+    (tmp_path / "dom.xml").write_bytes(xml)
+    virsh("create", "--paused", str(tmp_path / "dom.xml"), timeout=120)
+    before = live_xml(name)
+    assert f"policy='require' name='{feature}'" in before, "the running guest requires it"
+    words = ("node2: the CPU the domain requires is not available: ", feature)
+
+    proc = preflight_cmd(cloud, vm_id, "node2")
+    assert proc.returncode == 1, proc.stderr.decode()
+    (line,) = errors(proc)
+    assert all(w in line for w in words), line
+    for proc in (premigrate(cloud, vm_id, "node1", "node2"), migrate(cloud, vm_id, dom_uuid, "node1", "node2")):
+        assert proc.returncode == 1
+        (line,) = errors(proc)
+        assert line.startswith(f"VM {vm_id}: pre-flight refuses node2: ") and all(w in line for w in words), line
+    assert migrations(cloud) == []
+    assert not cloud.vm_dir("node2", vm_id).exists()
+    assert node2.state(name) is None
+    assert virsh("domstate", name).stdout.strip() == "paused"
+    assert live_xml(name) == before

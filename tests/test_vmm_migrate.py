@@ -149,11 +149,19 @@ def _sshd_config(session: Sshd, port: int, pidfile: Path) -> str:
 
 @pytest.fixture(scope="module")
 def second_host(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd, libvirtd: object) -> Iterator[SecondHost]:
+    with started_second_host(tmp_path_factory.mktemp("node2"), sshd) as node2:
+        yield node2
+
+
+@contextlib.contextmanager
+def started_second_host(base: Path, sshd: Sshd, dirs: dict[str, str] | None = None) -> Iterator[SecondHost]:
+    """node2 in ``base``: NODE2_DIRS, and ``dirs`` (name -> directory of this machine) too,
+    are node2's own; a ``base/<name>`` that exists already is used with what it holds."""
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
         pytest.fail("unshare/nsenter missing (util-linux)", pytrace=False)
-    base = tmp_path_factory.mktemp("node2")
-    for sub in NODE2_DIRS:
-        (base / sub).mkdir()
+    dirs = {**NODE2_DIRS, **(dirs or {})}
+    for sub in dirs:
+        (base / sub).mkdir(exist_ok=True)
     host_uuid = str(uuid.uuid4())
     (base / "etc" / "libvirtd.conf").write_text(
         f'host_uuid = "{host_uuid}"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n')
@@ -161,7 +169,7 @@ def second_host(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd, libvirtd: 
     (base / "etc" / "qemu.conf").write_text((qemu_conf.read_text() if qemu_conf.exists() else "")
                                             + '\ncgroup_controllers = [ ]\n')
     log = base / "libvirtd.log"
-    mounts = [str(part) for sub, target in NODE2_DIRS.items() for part in (base / sub, target)]
+    mounts = [str(part) for sub, target in dirs.items() for part in (base / sub, target)]
     with open(log, "wb") as out:
         daemon = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE_INIT, "sh",
                                    *mounts, str(base / "libvirtd.pid")],
