@@ -11,7 +11,12 @@ of the cost that no rule work can go below.
 
 Then, in-process, the engine's time per disk for 16, 64 and 256 disks (goal: flat).
 
-    .venv/bin/python bench/bench_apply.py [--runs N] [--dev]
+``--against REV`` also installs git revision REV (e.g. the commit before a change) from a
+wheel in its own fresh venv and times its `one-tweaks apply` (with its own shipped rules) on
+the same VM, interleaved with today's wheel in the same rounds: the ratio today / REV says
+whether the deploy path got slower, free of the machine's load of the moment.
+
+    .venv/bin/python bench/bench_apply.py [--runs N] [--dev] [--against REV]
 """
 
 from __future__ import annotations
@@ -30,23 +35,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vmgen
 
 
-def medians_ms(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, float]:
+def medians_ms(cmds: dict[str, list[str]], runs: int, env: dict[str, str],
+               envs: dict[str, dict[str, str]] | None = None) -> dict[str, float]:
     """Median wall time of each command; rounds interleave the commands so that a busy
     machine slows them all alike and the ratios stay meaningful."""
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
         for name, cmd in cmds.items():
             start = time.perf_counter()
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                           env=(envs or {}).get(name, env))
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
-def installed_venv(tmp: Path) -> Path:
-    """A fresh venv with the project installed from a wheel, as an operator gets it: a
-    development install's import hook (editable mode) would slow every interpreter start,
-    ``python -c pass`` included, and flatter the ratio."""
-    root = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def installed_venv(tmp: Path, root: Path = ROOT) -> Path:
+    """A fresh venv with the project (at ``root``) installed from a wheel, as an operator gets
+    it: a development install's import hook (editable mode) would slow every interpreter
+    start, ``python -c pass`` included, and flatter the ratio."""
+    tmp.mkdir(parents=True, exist_ok=True)
     wheels = tmp / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)],
                    check=True, cwd=tmp, capture_output=True)
@@ -79,7 +89,19 @@ def per_disk_ms(disks: int, rounds: int) -> float:
     return statistics.median(times) * 1000 / disks
 
 
-def measure(python: str, tmp: Path, runs: int) -> dict[str, float]:
+def revision_tree(rev: str, tmp: Path) -> Path:
+    """The project's files at git revision ``rev`` (git archive: no worktree left behind)."""
+    tree = tmp / "tree"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=False)
+    if archive.returncode != 0:
+        sys.exit(f"git archive {rev} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def apply_command(python: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """`one-tweaks apply` of a 16-disk VM with every shipped rule, its rule cache warmed."""
     script = shutil.which("one-tweaks", path=os.path.dirname(python))
     if script is None:
         sys.exit(f"one-tweaks is not installed next to {python} (pip install .)")
@@ -96,14 +118,29 @@ def measure(python: str, tmp: Path, runs: int) -> dict[str, float]:
     subprocess.run([python, "-m", "compileall", "-q", package], check=True, env=env)
     apply_cmd = [python, script, "apply", str(dom_path), "--vm", str(vm_path), "-o", str(Path(tmp, "o"))]
     subprocess.run(apply_cmd, check=True, env=env)  # warm the rule cache, as every deploy after the first
+    return apply_cmd, env
+
+
+def measure(python: str, tmp: Path, runs: int) -> dict[str, float]:
+    apply_cmd, env = apply_command(python, tmp)
     return medians_ms({"pass": [python, "-c", "pass"], "lxml": [python, "-c", "import lxml.etree"],
                        "apply": apply_cmd}, runs, env)
+
+
+def against(rev: str, tmp: Path, runs: int) -> tuple[float, float]:
+    """Median apply times (ms) of today's wheel and of revision ``rev``'s, interleaved."""
+    now_cmd, env = apply_command(str(installed_venv(tmp / "now")), tmp / "now-run")
+    then_cmd, then_env = apply_command(str(installed_venv(tmp / "then", revision_tree(rev, tmp / "then"))),
+                                       tmp / "then-run")
+    ms = medians_ms({"now": now_cmd, "then": then_cmd}, runs, env, {"then": then_env})
+    return ms["now"], ms["then"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--dev", action="store_true", help="only this interpreter's own (development) install")
+    ap.add_argument("--against", metavar="REV", help="also time git revision REV's apply (wheel) alongside today's")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +155,12 @@ def main() -> int:
         print(f"one-tweaks apply, 16 disks: {total:6.1f} ms")
         print(f"ratio apply / pass: {total / floor:.2f} (goal <= 3.0)")
         print(f"ratio apply / import lxml: {total / lxml_floor:.2f}")
+    if args.against:
+        with tempfile.TemporaryDirectory() as tmp:
+            now, then = against(args.against, Path(tmp), args.runs)
+        print(f"-- against {args.against} (wheels, interleaved)")
+        print(f"one-tweaks apply, 16 disks: today {now:6.1f} ms, {args.against} {then:6.1f} ms")
+        print(f"ratio today / {args.against}: {now / then:.2f} (goal <= 1.0 within noise)")
     for disks in (16, 64, 256):
         print(f"engine in-process, {disks:3d} disks: {per_disk_ms(disks, 15):.3f} ms per disk")
     return 0

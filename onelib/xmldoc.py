@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from lxml import etree
 
 from . import numbers
@@ -26,6 +23,11 @@ def parse(data: bytes | str, what: str) -> etree._Element:
 
 
 def decode_b64(data: bytes | str, what: str) -> bytes:
+    # imported here: `one-tweaks apply` reads documents through this module on every deploy
+    # and never decodes a payload
+    import base64
+    import binascii
+
     raw = data.encode() if isinstance(data, str) else data
     raw = b"".join(raw.split())
     if not raw:

@@ -32,7 +32,12 @@ def _entries(group: str) -> list[tuple[str, str]]:
     sys.path first."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
+    # distributions are never installed in the standard library's own directories, the
+    # largest on sys.path: listing them cost apply about a millisecond
+    stdlib = os.path.dirname(os.__file__)
     for base in sys.path:
+        if base.endswith(".zip") or base in (stdlib, os.path.join(stdlib, "lib-dynload")):
+            continue
         try:
             names = os.listdir(base or ".")
         except OSError:
