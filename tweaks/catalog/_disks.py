@@ -192,11 +192,24 @@ def tm_mad(facts: Facts, disk: OneDisk) -> str:
     return facts.get("history.tm_mad") or ""
 
 
+def _any_kept(ctx: Context, kind: str, tm_mads: tuple[str, ...]) -> bool:
+    """Whether any disk of ``kind`` in the VM's facts is on one of ``tm_mads``: read from the
+    facts alone, so that a rule with nothing to do (a VM without network disks, say) does
+    not match every domain disk to its facts on every deploy."""
+    if not tm_mads:
+        return False
+    system = ctx.facts.get("history.tm_mad") or ""
+    return any(d.get("kind") == kind and (d.get("tm_mad") or (system if kind in ("volatile", "context") else ""))
+               in tm_mads for d in ctx.facts.disks)
+
+
 def file_to_block(ctx: Context, kind: str) -> None:
     """``type='file'`` disks of ``kind`` on a listed TM_MAD become ``type='block'`` with
     ``<source dev=...>`` (same path: the TM driver made ``disk.N`` a link to the device).
     Only the source attribute changes; every other child and attribute is kept."""
     tm_mads = listed_tm_mads(ctx, "storage.block_tm_mads")
+    if not _any_kept(ctx, kind, tm_mads):
+        return
     for disk in one_disks(ctx.facts, ctx.root):
         if disk.kind != kind:
             continue
@@ -266,6 +279,8 @@ def file_to_network(ctx: Context, kind: str) -> None:
     The driver, target and every other child and attribute of the disk stay; a disk whose
     backend named no volume (e.g. a context ISO the driver keeps as a file) is left alone."""
     tm_mads = listed_tm_mads(ctx, "storage.network_tm_mads")
+    if not _any_kept(ctx, kind, tm_mads):
+        return
     for disk in one_disks(ctx.facts, ctx.root):
         if disk.kind != kind or tm_mad(ctx.facts, disk) not in tm_mads:
             continue
