@@ -89,7 +89,10 @@ def test_deploy_applies_rules_and_deploys_through_the_host(cloud: Cloud) -> None
         "INFO: 42 deploy-tweaks: VM 42: rule video: USER_TEMPLATE/T_VIDEO_MODEL='type=qxl heads=99': "
         "heads: out of range 1..16; rule skipped"]
     assert any(host == "node1" and "/vmm/kvm/deploy" in cmd for host, cmd in cloud.ssh_commands())
-    assert sorted(p.name for p in remote_dir.iterdir()) == ["deployment.0", "ds.xml", "vm.xml"], "nothing staged left"
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["deployment.0", "deployment.0.oned", "ds.xml", "vm.xml"], \
+        "nothing staged left"
+    # oned's domain XML, untouched, next to it: what `one-tweaks drift` applies today's rules to
+    assert (remote_dir / "deployment.0.oned").read_bytes() == local.read_bytes()
 
 
 def test_a_long_deployment_file_name_travels_whole(cloud: Cloud) -> None:
@@ -100,7 +103,7 @@ def test_a_long_deployment_file_name_travels_whole(cloud: Cloud) -> None:
     name = "deployment." + "0" * 150
     proc, _ = run_deploy(cloud, (ONE / "deployment.0.xml").read_bytes(), name=name)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert sorted(p.name for p in cloud.vm_dir("node1", 42).iterdir()) == sorted([name, "ds.xml", "vm.xml"])
+    assert sorted(p.name for p in cloud.vm_dir("node1", 42).iterdir()) == sorted([name, f"{name}.oned", "ds.xml", "vm.xml"])
 
 
 def test_a_failing_remote_deploy_is_one_line_and_leaves_no_staged_file(cloud: Cloud) -> None:

@@ -62,10 +62,21 @@ def test_drift_is_zero_untouched_and_names_the_rule_after_its_file_changed(cloud
                                           "shaped": "yes"}]
         assert mine[0]["inputs"].endswith(f"/{vm_id}/deployment.0 and {cloud.vm_dir('node1', vm_id)}/vm.xml")
 
-        rule.unlink()  # the site file is gone: the shipped 52-disk-driver.yaml is in effect again
+        rule.unlink()  # the site file is gone: the shipped 52-disk-driver.yaml (disabled) is in effect again
         gone = drift(cloud, "--host", "node1", str(vm_id))
-        assert gone.returncode == 1
-        assert "  rule file 52-disk-driver.yaml (rule disk-driver) changed since the VM started" in gone.stdout
+        assert gone.returncode == 1, gone.stdout + gone.stderr
+        # oned's own domain XML, kept on the host by deploy-tweaks, is what today's rules are
+        # applied to: what the vanished rule did shows as a change no rule makes any more
+        assert gone.stdout.splitlines() == [
+            f"VM {vm_id} ({name} on node1): drifts",
+            "  a deploy now would change /domain/devices/disk/driver/@cache: 'writeback' -> 'none' "
+            "(no rule of today's sets it)",
+            "  a deploy now would change /domain/devices/disk/driver/@io: 'threads' -> 'native' "
+            "(no rule of today's sets it)",
+            "  rule file 52-disk-driver.yaml (rule disk-driver) changed since the VM started"], gone.stdout
+        kept = subprocess.run(["cat", f"{cloud.vm_dir('node1', vm_id)}/deployment.0.oned"], capture_output=True,
+                              check=True).stdout
+        assert b"writeback" not in kept and b"one-tweaks" not in kept and kept.strip()
     finally:
         virsh("destroy", name, check=False, timeout=120)
 

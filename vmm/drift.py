@@ -7,10 +7,15 @@ or only the VMs named (VM ids, domain names or UUIDs):
 
 - the domain's own inputs are read from its VM directory on the host (the directory oned
   wrote into the domain's ``one:system_datastore`` metadata): the VM document ``vm.xml``
-  that deploy-tweaks keeps there and the latest ``deployment.N``, the domain as deployed;
+  that deploy-tweaks keeps there, the latest ``deployment.N`` (the domain as deployed) and
+  ``deployment.N.oned``, oned's domain XML before any rule touched it;
 - today's rule files (shipped, ``/etc/one/tweaks.d``, TWEAKS_RULES_DIRS, ``--rules``) are
-  applied to them in memory, as a deploy now would: every change a rule would make is
-  listed (``XPATH: before -> after``);
+  applied to oned's domain XML in memory, as a deploy now would, and the result is compared
+  with the domain as deployed: every difference is listed (``XPATH: deployed -> now``) with
+  the rule of today that makes it, or none (a rule that shaped the VM is gone or no longer
+  matches, so a deploy now would not do what it did). Without ``deployment.N.oned`` (a VM
+  deployed before it was kept) the rules are applied to the deployed domain instead, which
+  shows what a rule would change but not what a vanished rule did;
 - the provenance stamp in the running domain's ``<metadata>`` (rule files with their
   SHA-256, the tweaks each applied) is compared with today's files: changed, added and
   removed rule files are named, with the rule each holds.
@@ -92,7 +97,11 @@ def text(r: VmDrift, host: str) -> list[str]:
         return [f"{head}: not checked: {r.error}"]
     lines = [f"{head}: {'drifts' if r.drifts else 'no drift'}"]
     for c in r.changes:
-        lines.append(f"  rule {c['rule']} would change {c['xpath']}: {_show(c['before'])} -> {_show(c['after'])}")
+        change = f"{c['xpath']}: {_show(c['before'])} -> {_show(c['after'])}"
+        if c["rule"]:
+            lines.append(f"  rule {c['rule']} would change {change}")
+        else:
+            lines.append(f"  a deploy now would change {change} (no rule of today's sets it)")
     for f in r.changed_files:
         rule = f" (rule {f['rule']})" if f["rule"] else ""
         lines.append(f"  rule file {f['file']}{rule} {f['how']} since the VM started")
@@ -109,7 +118,7 @@ def check_host(config: Config, host: str, wanted: Sequence[str], extra_rules: Se
     ruleset = loader.load([*config.get("TWEAKS_RULES_DIRS").split(), *extra_rules])
     with Hypervisor(config, host) as hv:
         domains = _select(hv, wanted)
-        return [check_domain(hv, dom, ruleset) for dom in domains]
+        return [check_domain(hv, dom, ruleset, config) for dom in domains]
 
 
 def _select(hv: Hypervisor, wanted: Sequence[str]) -> list[Domain | str]:
@@ -123,7 +132,7 @@ def _select(hv: Hypervisor, wanted: Sequence[str]) -> list[Domain | str]:
     return out
 
 
-def check_domain(hv: Hypervisor, dom: Domain | str, ruleset: Any) -> VmDrift:
+def check_domain(hv: Hypervisor, dom: Domain | str, ruleset: Any, config: Config | None = None) -> VmDrift:
     if isinstance(dom, str):
         return VmDrift(domain=dom, error=f"no running domain {dom} on {hv.name}")
     result = VmDrift(domain=dom.name)
@@ -134,9 +143,13 @@ def check_domain(hv: Hypervisor, dom: Domain | str, ruleset: Any) -> VmDrift:
             raise DriverError("the domain names no VM directory (no one:system_datastore metadata)")
         vm = _read(hv, posixpath.join(vm_dir, "vm.xml"), "the VM document")
         result.vm = xmldoc.text(vm, "ID")
-        deployed, where = _deployment(hv, vm_dir, live)
+        deployed, where, original = _deployment(hv, vm_dir, live)
         result.inputs = f"{where} and {posixpath.join(vm_dir, 'vm.xml')}"
-        result.changes = _would_change(deployed, vm, ruleset)
+        supplied = _storage_facts(hv, vm_dir, vm, config)
+        if original is None:
+            result.changes = _would_change(deployed, vm, ruleset, supplied)
+        else:
+            result.changes = _differs(original, deployed, vm, ruleset, supplied)
         result.changed_files = _changed_files(live, ruleset)
     except DriverError as exc:
         result.error = str(exc)
@@ -150,19 +163,39 @@ def _read(hv: Hypervisor, path: str, what: str) -> etree._Element:
     return xmldoc.parse(proc.stdout, f"{path} on {hv.name}")
 
 
-def _deployment(hv: Hypervisor, vm_dir: str, live: etree._Element) -> tuple[etree._Element, str]:
-    """The latest ``deployment.N`` in the VM directory; the running domain's own XML when
-    the directory has none (a host that got the VM without its files)."""
+def _deployment(hv: Hypervisor, vm_dir: str,
+                live: etree._Element) -> tuple[etree._Element, str, etree._Element | None]:
+    """The latest ``deployment.N`` in the VM directory (the running domain's own XML when the
+    directory has none: a host that got the VM without its files) and oned's domain XML of
+    that deployment (``deployment.N.oned``) when deploy-tweaks kept it."""
     proc = hv.shell.run(["ls", "-1", "--", vm_dir], check=False)
-    numbers = [int(m.group(1)) for name in proc.stdout.decode(errors="replace").split()
-               if (m := _DEPLOYMENT.fullmatch(name))]
+    names = proc.stdout.decode(errors="replace").split()
+    numbers = [int(m.group(1)) for name in names if (m := _DEPLOYMENT.fullmatch(name))]
     if not numbers:
-        return live, "the running domain"
-    path = posixpath.join(vm_dir, f"deployment.{max(numbers)}")
-    return _read(hv, path, "the deployment file"), path
+        return live, "the running domain", None
+    name = f"deployment.{max(numbers)}"
+    path = posixpath.join(vm_dir, name)
+    original = _read(hv, f"{path}.oned", "oned's deployment file") if f"{name}.oned" in names else None
+    return _read(hv, path, "the deployment file"), path, original
 
 
-def _would_change(domain: etree._Element, vm: etree._Element, ruleset: Any) -> list[dict[str, Any]]:
+def _storage_facts(hv: Hypervisor, vm_dir: str, vm: etree._Element, config: Config | None) -> Any:
+    """The storage side's facts as deploy-tweaks supplied them: with the system datastore's
+    document it kept as ``ds.xml`` (``system_ds.*``) when that is there."""
+    from datastore.facts import storage_facts
+
+    proc = hv.shell.run(["cat", "--", posixpath.join(vm_dir, "ds.xml")], check=False)
+    datastore = None
+    if proc.returncode == 0 and proc.stdout.strip():
+        try:
+            datastore = xmldoc.parse(proc.stdout, "ds.xml")
+        except DriverError:
+            datastore = None
+    return storage_facts(vm, datastore, config)
+
+
+def _would_change(domain: etree._Element, vm: etree._Element, ruleset: Any,
+                  supplied: Any = None) -> list[dict[str, Any]]:
     import copy
 
     from tweaks import engine
@@ -171,11 +204,79 @@ def _would_change(domain: etree._Element, vm: etree._Element, ruleset: Any) -> l
 
     try:
         outcome = engine.apply_rules(etree.ElementTree(copy.deepcopy(domain)), etree.ElementTree(copy.deepcopy(vm)),
-                                     ruleset.rules)
+                                     ruleset.rules, supplied=supplied)
     except TweakError as exc:
         raise DriverError(f"the rules cannot be applied: {exc}") from None
     return [{"rule": r.name, "file": r.file, **c.as_dict()}
             for r in outcome.report.results if r.status == APPLIED for c in r.changes]
+
+
+def _differs(original: etree._Element, deployed: etree._Element, vm: etree._Element,
+             ruleset: Any, supplied: Any = None) -> list[dict[str, Any]]:
+    """Today's rules applied to oned's domain XML, compared with the domain as deployed:
+    (rule, xpath, before = deployed, after = now) for every attribute and text that differs;
+    the rule is today's rule that set the value, "" when none does (the value comes from a
+    rule that is gone or no longer matches)."""
+    import copy
+
+    from tweaks import engine, provenance
+    from tweaks.errors import TweakError
+    from tweaks.report import APPLIED
+
+    try:
+        outcome = engine.apply_rules(etree.ElementTree(copy.deepcopy(original)),
+                                     etree.ElementTree(copy.deepcopy(vm)), ruleset.rules, supplied=supplied)
+    except TweakError as exc:
+        raise DriverError(f"the rules cannot be applied: {exc}") from None
+    made_by: dict[str, tuple[str, str]] = {}
+    for r in outcome.report.results:
+        if r.status == APPLIED:
+            for c in r.changes:
+                made_by[c.xpath] = (r.name, r.file)
+    then = _values(deployed, provenance)
+    now = _values(outcome.tree.getroot(), provenance)
+    out = []
+    for xpath in sorted(set(then) | set(now), key=_document_order(then, now)):
+        before, after = then.get(xpath), now.get(xpath)
+        if before != after:
+            rule, file = _maker(xpath, made_by)
+            out.append({"rule": rule, "file": file, "xpath": xpath, "before": before, "after": after})
+    return out
+
+
+def _values(root: etree._Element, provenance: Any) -> dict[str, str]:
+    """xpath -> value of every attribute (``.../@name``) and non-blank text (``.../text()``),
+    its provenance stamp left out (it is no setting)."""
+    tree = root.getroottree()
+    stamp = provenance.find(root)
+    out: dict[str, str] = {}
+    for el in root.iter():
+        if not isinstance(el.tag, str) or (stamp is not None and (el is stamp or stamp in el.iterancestors())):
+            continue
+        path = tree.getpath(el)
+        for name in el.attrib:
+            out[f"{path}/@{name!s}"] = str(el.get(name))
+        if el.text and el.text.strip():
+            out[f"{path}/text()"] = el.text.strip()
+    return out
+
+
+def _document_order(*maps: dict[str, str]) -> Any:
+    order: dict[str, int] = {}
+    for m in maps:
+        for key in m:
+            order.setdefault(key, len(order))
+    return lambda key: order[key]
+
+
+def _maker(xpath: str, made_by: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """Today's rule whose change set ``xpath`` or an element above it (an element it added)."""
+    path = xpath
+    while path:
+        if path in made_by:
+            return made_by[path]
+        path = path.rpartition("/")[0]
+    return "", ""
 
 
 def _changed_files(live: etree._Element, ruleset: Any) -> list[dict[str, str]]:

@@ -3,8 +3,9 @@
 oned calls it on the front-end with the remote deploy's argv (local deployment file,
 host, VM id, host) and the base64 domain XML on stdin. It reads the VM document from
 oned, applies the tweak rules in-process, keeps the result next to oned's file as
-``deployment.N-tweaks`` (addon-storpool's name), writes ``vm.xml``/``ds.xml`` and the
-deployment file into the VM's directory on the host (oned's local deploy skips that),
+``deployment.N-tweaks`` (addon-storpool's name), writes ``vm.xml``/``ds.xml``, oned's own
+domain XML as ``deployment.N.oned`` (the input ``one-tweaks drift`` re-applies today's rules
+to) and the deployment file into the VM's directory on the host (oned's local deploy skips that),
 runs the stock remote ``vmm/kvm/deploy`` there and prints the domain UUID: all in one ssh
 round trip (a fixed script; the files travel as a tar stream on its stdin).
 
@@ -57,7 +58,8 @@ def run(req: VmmRequest) -> str:
     remote_file = posixpath.join(vm_dir, posixpath.basename(local_file))
     deploy = remote_script(config, "vmm", "kvm", "deploy")
     staged = f".{posixpath.basename(local_file)}.{os.getpid()}.in"
-    files = _tar({"vm.xml": etree.tostring(vm), "ds.xml": etree.tostring(datastore), staged: tweaked})
+    files = _tar({"vm.xml": etree.tostring(vm), "ds.xml": etree.tostring(datastore),
+                  f"{posixpath.basename(local_file)}.oned": domain_xml, staged: tweaked})
     argv = ["sh", "-c", _REMOTE, "sh", vm_dir, deploy, remote_file, host, str(vm_id), host, staged]
     proc = shell(config, host).run(argv, input=files, what="deploy")
     out = proc.stdout.decode(errors="replace").split()
