@@ -20,6 +20,7 @@ domain running on node1 with the same live XML. With all of it in order the same
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shlex
@@ -31,10 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from linstor_env import VM as LINSTOR_VM
+from linstor_env import LinstorCloud, lcloud
 from livevm import OVMF_CODE, OVMF_VARS, kvm_available, libvirtd, virsh
 from lxml import etree
 from storage_env import Cloud, Sshd, cloud, sshd
 from test_hypervisor import tiny_domain
+from test_linstor_drivers import deployed as linstor_deployed
 from test_vmm_migrate import (
     NAME_PREFIX,
     SecondHost,
@@ -46,7 +50,7 @@ from test_vmm_migrate import (
     started_second_host,
 )
 
-FIXTURES = (cloud, sshd, libvirtd, second_host, hosts)
+FIXTURES = (cloud, lcloud, sshd, libvirtd, second_host, hosts)
 pytestmark = pytest.mark.libvirtd
 
 # node1 has this directory (the real /var/lib/libvirt), node2 does not (its own, empty one)
@@ -192,6 +196,15 @@ def test_preflight_passes_and_the_vm_moves(cloud: Cloud, hosts: SecondHost, tmp_
     assert done.uuid == dom_uuid
 
 
+@contextlib.contextmanager
+def drivers_env(cloud: Cloud | LinstorCloud) -> Iterator[None]:
+    """This process sees oned and the configuration as the drivers of ``cloud`` do."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("ONE_XMLRPC", "ONE_AUTH", "ONE_TWEAKS_CONF"):
+            mp.setenv(key, cloud.env[key])
+        yield
+
+
 def test_volume_reasons_ask_the_backend_without_attaching(cloud: Cloud) -> None:
     """The storage side on its own: a volume that is missing is named by its disk; a host the
     backend cannot attach to (no StorPool client id) is one line for its disks; nothing is
@@ -205,15 +218,15 @@ def test_volume_reasons_ask_the_backend_without_attaching(cloud: Cloud) -> None:
     proc = cloud.run_tm("clone", "one-fe:one-img-7", cloud.tm_path("node1", vm_id, 0), str(vm_id), "100")
     assert proc.returncode == 0, proc.stderr.decode()
     before, calls = cloud.sim.inventory(), len(cloud.sim.calls)
-    env = {k: v for k, v in cloud.env.items() if k in ("ONE_XMLRPC", "ONE_AUTH", "ONE_TWEAKS_CONF")}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
+    with drivers_env(cloud):
         oned = Oned()
         vm = cloud.oned.served("vm", vm_id)
         (line,) = volume_reasons(vm, "node2", oned)
         assert line.startswith("node2: disk 1: volume ") and line.endswith(" does not exist"), line
         template = cloud.oned.host("node2").find("TEMPLATE")
+        template.find("SP_OURID").text = "77"  # no client of the cluster
+        assert volume_reasons(vm, "node2", oned) == [
+            "node2: disk 0: StorPool has no client 77 (SP_OURID of host node2)", line]
         template.remove(template.find("SP_OURID"))
         assert volume_reasons(vm, "node2", oned) == [
             "node2: disk 0, 1 (storpool): no StorPool client id (SP_OURID) for host node2: "
@@ -321,3 +334,17 @@ def test_preflight_refuses_a_host_whose_cpu_lacks_a_required_feature(
     assert node2.state(name) is None
     assert virsh("domstate", name).stdout.strip() == "paused"
     assert live_xml(name) == before
+
+
+def test_volume_reasons_ask_linstor_about_the_node(lcloud: LinstorCloud) -> None:
+    """LINSTOR: every resource of the VM exists and node2 is an online node, until it is not."""
+    from datastore.preflight import volume_reasons
+    from onelib.oned import Oned
+
+    linstor_deployed(lcloud)
+    with drivers_env(lcloud):
+        vm = lcloud.oned.served("vm", LINSTOR_VM)
+        assert volume_reasons(vm, "node2", Oned()) == []
+        lcloud.sim.set_node_online("node2", False)
+        reasons = volume_reasons(vm, "node2", Oned())
+    assert reasons == [f"node2: disk {n}: LINSTOR node node2 of host node2 is OFFLINE" for n in range(4)], reasons

@@ -894,6 +894,22 @@ class Linstor(Backend):
         resource = self._reader(*split_snapshot(name)) if "@" in name else name
         return f"{host.device_dir.rstrip('/')}/{resource}/0"
 
+    def attachable(self, name: str, host: HostRef | None) -> str:
+        """The resource exists and the host's LINSTOR node (LS_NODE) is known to the
+        controller and online: a diskless resource can be made there."""
+        why = super().attachable(name, host)
+        if why or host is None:
+            return why
+        client = host.client
+        nodes = self._query(lambda c: c.node_list_raise(filter_by_nodes=[client]).nodes, "node list")
+        found = next((n for n in nodes if _same(n.name, client)), None)
+        if found is None:
+            return f"LINSTOR has no node {client} (host {host.name})"
+        status = str(found.connection_status or "")
+        if status.upper() != "ONLINE":
+            return f"LINSTOR node {client} of host {host.name} is {status or 'not connected'}"
+        return ""
+
     @staticmethod
     def _reader(resource: str, snapshot: str) -> str:
         """The temporary resource a snapshot is read through."""

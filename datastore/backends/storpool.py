@@ -319,6 +319,21 @@ class StorPool(Backend):
     def device_path(self, name: str, host: HostRef) -> str:
         return f"{host.device_dir.rstrip('/')}/{name}"
 
+    def attachable(self, name: str, host: HostRef | None) -> str:
+        """The volume exists and the host's StorPool client (SP_OURID) is a running client of
+        the cluster (ServicesList): a host without one cannot attach anything."""
+        why = super().attachable(name, host)
+        if why or host is None:
+            return why
+        clients = (self.api.call("ServicesList") or {}).get("clients") or {}
+        found = clients.get(str(host.client))
+        if not isinstance(found, dict):
+            return f"StorPool has no client {host.client} (SP_OURID of host {host.name})"
+        status = str(found.get("status", ""))
+        if status != "running":
+            return f"StorPool client {host.client} of host {host.name} is {status or 'not running'}"
+        return ""
+
     # --- accounting ------------------------------------------------------------------------
     def usage(self, names: Iterable[str] | None = None) -> dict[str, Usage]:
         wanted = None if names is None else set(names)
