@@ -103,7 +103,8 @@ def test_a_long_deployment_file_name_travels_whole(cloud: Cloud) -> None:
     name = "deployment." + "0" * 150
     proc, _ = run_deploy(cloud, (ONE / "deployment.0.xml").read_bytes(), name=name)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert sorted(p.name for p in cloud.vm_dir("node1", 42).iterdir()) == sorted([name, f"{name}.oned", "ds.xml", "vm.xml"])
+    assert sorted(p.name for p in cloud.vm_dir("node1", 42).iterdir()) == sorted(
+        [name, f"{name}.oned", "ds.xml", "vm.xml"])
 
 
 def test_a_failing_remote_deploy_is_one_line_and_leaves_no_staged_file(cloud: Cloud) -> None:
