@@ -25,7 +25,7 @@ from .rules import Rule
 
 DEFAULT_ETC_DIR = "/etc/one/tweaks.d"
 RULE_SUFFIXES = (".yaml", ".yml")
-_CACHE_FORMAT = 3  # 3: rules carry their moments (on:)
+_CACHE_FORMAT = 4  # 3: rules carry their moments (on:); 4: key from the files' own hashes
 
 try:  # the builtin sha256 avoids loading OpenSSL through hashlib on the hot path
     from _sha256 import sha256  # type: ignore[import-not-found]
@@ -122,12 +122,12 @@ def cache_path() -> str | None:
     return os.path.join(base, "rules.cache")
 
 
-def _cache_key(contents: list[tuple[str, bytes]]) -> str:
+def _cache_key(hashes: list[tuple[str, str]]) -> str:
+    """From each rule file's path and SHA-256 (those provenance records anyway: the files
+    are hashed once per apply, not twice) and this package's code."""
     digest = sha256(_code_fingerprint())
-    for path, data in contents:
-        digest.update(b"\0" + path.encode("utf-8", "surrogateescape") + b"\0")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
+    for path, file_sha in hashes:
+        digest.update(b"\0" + path.encode("utf-8", "surrogateescape") + b"\0" + file_sha.encode())
     return str(digest.hexdigest())
 
 
@@ -176,7 +176,7 @@ def load(extra_dirs: Sequence[str] = (), *, use_cache: bool = True) -> RuleSet:
     path = cache_path() if use_cache else None
     key = ""
     if path is not None:
-        key = _cache_key(contents)
+        key = _cache_key(hashes)
         cached = _cache_read(path, key)
         if cached is not None:
             try:
