@@ -21,7 +21,8 @@ One VM, reused across the steps (one TCG boot, then one more after the undeploy)
    CONTEXT, ``deploy-tweaks``; its output is valid for libvirt's schema; qemu opened every
    disk with librbd (QMP ``query-block``), the guest sees every disk with its size, its root
    file system is the image;
-3. a disk snapshot while running (SNAP_CREATE_LIVE) of the datablock: ``one/one-<DB>@0``;
+3. a disk snapshot while running (SNAP_CREATE_LIVE) of the datablock: ``one/one-<DB>@0``, the
+   guest's file systems frozen around it (its fsfreeze hook logs freeze, thaw);
 4. a live resize of the volatile disk (TM RESIZE + ``resize_disk-tweaks``): the RBD image and
    the guest's disk grow;
 5. suspend/resume (SAVE/RESTORE through ``save-tweaks``/``restore-tweaks``): while suspended
@@ -360,8 +361,11 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
     # -- 3. a disk snapshot while running (SNAP_CREATE_LIVE) of the datablock -----------------------
     run1: Callable[[Sequence[str]], str] = lambda argv: guest_check(name, argv)  # noqa: E731
     write_db(run1, b"before the snapshot")
+    guest_check(name, ["/bin/sh", "-c", ": > /run/fsfreeze.log"])
     fe.disk_snapshot(VM_ID, 1, 0)
     assert snaps(ceph, db) == ["0"]
+    hook = guest_check(name, ["/bin/cat", "/run/fsfreeze.log"]).split()
+    assert hook[0::2] == ["freeze", "thaw"], f"GUEST_AGENT=yes: frozen around the snapshot; the hook saw {hook}"
     write_db(run1, b"after the snapshot!")
     assert head(ceph, db, 19) == b"after the snapshot!"
 
