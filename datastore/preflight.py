@@ -7,7 +7,8 @@ datastore's for volatile disks and the context) is a one-tweaks backend is asked
 backend through ``Backend.attachable`` (the volume exists, the host could attach it) with
 the destination as ``Driver.host`` resolves it (for block backends: a host the backend
 can attach to at all); network backends are asked about the volume alone, their hosts
-need a libvirt secret instead (``onelib.preflight``). Nothing is attached: each answer
+need a libvirt secret instead (``onelib.preflight``), and their context CD-ROM is a file
+that moves with the VM directory, not a volume. Nothing is attached: each answer
 is one line, "" never. Disks of other drivers (OpenNebula's own) are not ours to judge.
 """
 
@@ -67,6 +68,10 @@ def volume_reasons(vm: etree._Element, host: str, oned: Oned, config: Config | N
             continue
         try:
             for disk in disks:
+                if disk.kind == "context" and drv.backend_class.disk_form == "network":
+                    # a network backend's context ISO is the file disk.N (tm/actions/context.py),
+                    # which premigrate copies with the VM directory: no volume to ask about
+                    continue
                 try:
                     why = drv.backend.attachable(disk.volume(drv.names, number), target)
                 except DriverError as exc:
