@@ -72,7 +72,7 @@ from test_vmm_migrate import SecondHost, second_host
 FIXTURES = (ceph, rbd_cloud, sshd, libvirtd, second_host, guest_image)
 pytestmark = pytest.mark.libvirtd
 
-VM_ID = 7391                       # domain one-7391: no other test uses it
+VM_ID = 7431                       # domain one-7431 (test_lifecycle_installed uses one-7391)
 IMAGE, DATABLOCK = 60, 61
 MiB = 2**20
 VOLATILE_MB, GROWN_MB, DATABLOCK_MB = 32, 48, 16
