@@ -43,7 +43,8 @@ def run(request: DsRequest) -> str:
         raise DriverError(f"export: EXPORT_FILE_FORMAT={act.setting('EXPORT_FILE_FORMAT')!r} is not raw or qcow2")
     host_name = act.staging_host(image_id, "EXPORT_BRIDGE_LIST")
     directory = act.staging_dir()
-    target = f"{directory}/{snapshot}.{fmt}"
+    # a qualified snapshot name (rbd: pool/image@export-N) is one file name too
+    target = f"{directory}/{snapshot.replace('/', '%')}.{fmt}"
     timeout = act.seconds("IMPORT_TIMEOUT", 86400)
     tags = act.tags()
     backend = act.driver.backend

@@ -1122,26 +1122,45 @@ class Rbd(Backend):
 
     # --- accounting ------------------------------------------------------------------------
     def usage(self, names: Iterable[str] | None = None) -> dict[str, Usage]:
-        """Provisioned and used bytes (object-map/fast-diff: one diff per image)."""
+        """Provisioned and used bytes (object-map/fast-diff: one diff per image and snapshot).
+        Without ``names``: every image of the pool and its snapshots, a snapshot's used bytes
+        being what changed since the snapshot before it (as ``rbd du`` counts)."""
+        everything = names is None
         wanted = list(names) if names is not None else [v.name for v in self.find(f"{self.pool}/") if not v.snapshot]
         out: dict[str, Usage] = {}
         for name in wanted:
             ref = self._ref(name)
             try:
-                with self._image(ref, read_only=True) as image:
-                    size = int(self._do(f"{ref}", image.size))
-                    used = [0]
-
-                    def count(offset: int, length: int, exists: bool, used: list[int] = used) -> int:
-                        if exists:
-                            used[0] += length
-                        return 0
-
-                    self._do(f"usage of {ref}", image.diff_iterate, 0, size, None, count, whole_object=True)
-                    out[ref.volume] = Usage(ref.volume, size, used[0])
+                with self._image(_Ref(ref.pool, ref.image), read_only=True) as image:
+                    snaps = ([s["name"] for s in self._do(f"snapshots of {ref}", lambda i=image: list(i.list_snaps()))]
+                             if everything else [])
+                    previous = None
+                    for snap in snaps:
+                        full = f"{ref.volume}@{snap}"
+                        image.set_snap(snap)
+                        try:
+                            out[full] = self._used(image, full, previous)
+                        finally:
+                            image.set_snap(None)
+                        previous = snap
+                    if ref.snap:
+                        image.set_snap(ref.snap)
+                    out[str(ref)] = self._used(image, str(ref), None)
             except NotFound:
                 continue
         return out
+
+    def _used(self, image: Any, name: str, since: str | None) -> Usage:
+        size = int(self._do(name, image.size))
+        used = [0]
+
+        def count(offset: int, length: int, exists: bool, used: list[int] = used) -> int:
+            if exists:
+                used[0] += length
+            return 0
+
+        self._do(f"usage of {name}", image.diff_iterate, 0, size, since, count, whole_object=True)
+        return Usage(name, size, used[0])
 
     def capacity(self, placement: str) -> Capacity:
         """The pool's stored bytes and what it can still take (``ceph df detail``: MAX AVAIL,

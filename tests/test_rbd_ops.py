@@ -1,0 +1,226 @@
+"""More rbd driver actions on the live cluster, through the driver executables as oned calls
+them: marketplace export, TM mv, snap_create_live with the guest freeze, the VM-disk sizes
+of the system datastore monitor, RBD_FORMAT=1 and EC_POOL_NAME."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+from pathlib import Path
+
+from ceph_env import ceph
+from lxml import etree
+from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
+from sim import oned as oned_sim
+from storage_env import sshd
+from test_rbd_drivers import failed, import_image, ok, random_file, rbd_sha
+
+FIXTURES = (ceph, rbd_cloud, sshd)
+MiB = 2**20
+
+
+def test_export_prints_import_info_of_a_file_holding_the_image(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """DS export (marketplace): IMPORT_INFO names a file on the front-end whose data is the
+    image's, with its MD5; the export snapshot is gone afterwards and the image untouched."""
+    ceph = rbd_cloud.ceph
+    src = tmp_path / "a.raw"
+    digest = random_file(src, 8 * MiB, seed=3)
+    import_image(rbd_cloud, 7, src)
+    image = rbd_cloud.oned.image(7)
+    image.find("SOURCE").text = f"{POOL}/one-7"
+    for fmt in ("qcow2", "raw"):
+        rbd_cloud.configure(EXPORT_FILE_FORMAT=fmt)
+        out = ok(rbd_cloud.run_ds("export", rbd_cloud.ds_message(image), 55))
+        info = etree.fromstring(out.encode())
+        assert info.tag == "IMPORT_INFO"
+        values = {child.tag: child.text or "" for child in info}
+        assert set(values) == {"IMPORT_SOURCE", "MD5", "SIZE", "FORMAT", "DISPOSE", "DISPOSE_CMD"}
+        path = Path(values["IMPORT_SOURCE"])
+        assert path.is_absolute() and path.is_file()           # staged on the front-end itself
+        assert values["FORMAT"] == fmt and values["SIZE"] == "8" and values["DISPOSE"] == "YES"
+        assert values["MD5"] == hashlib.md5(path.read_bytes()).hexdigest()
+        info_out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True,
+                                  check=True).stdout
+        assert f'"format": "{fmt}"' in info_out
+        raw = tmp_path / f"back.{fmt}.raw"
+        subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), str(raw)], check=True)
+        assert hashlib.sha256(raw.read_bytes()).hexdigest() == digest
+        # no snapshot outlives the export; DISPOSE_CMD removes the file
+        assert ceph.rbd_snaps(f"{POOL}/one-7") == []
+        subprocess.run(values["DISPOSE_CMD"], shell=True, check=True)   # what the marketplace runs
+        assert not path.exists()
+    assert rbd_sha(ceph, f"{POOL}/one-7", 8 * MiB, tmp_path) == digest
+    # an image without its RBD image: one line, nothing made
+    rbd_cloud.make_image(9)
+    reason = failed(rbd_cloud.run_ds("export", rbd_cloud.ds_message(9), 56))
+    assert "one-9" in reason
+    assert ceph.rbd_ls(POOL) == ["one-7"]
+
+
+def test_mv_moves_nothing_in_ceph_and_the_disks_stay(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """TM mv (cold migration, undeploy, resume): a network disk has nothing attached on a host,
+    so the images stay as they are, the VM directory follows (context ISO), the data is intact."""
+    ceph = rbd_cloud.ceph
+    src = tmp_path / "a.raw"
+    digest = random_file(src, 4 * MiB, seed=4)
+    import_image(rbd_cloud, 7, src)
+    rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+    rbd_cloud.make_vm(42, [{"image": 7}, {"volatile": "fs", "size": 8}])
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    ok(rbd_cloud.run_tm("mkimage", "8", "raw", rbd_cloud.tm_path("node1", 42, 1), "42", str(SYSTEM_DS)))
+    vm_dir = rbd_cloud.vm_dir("node1", 42)
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    (vm_dir / "disk.2").write_bytes(b"context iso")
+    before = (ceph.rbd_ls(POOL), ceph.rbd_ls(SYS_POOL))
+    # node1 -> node2: every disk, then the VM directory
+    ok(rbd_cloud.run_tm("mv", rbd_cloud.tm_path("node1", 42, 0), rbd_cloud.tm_path("node2", 42, 0), "42",
+                        str(IMAGE_DS)))
+    ok(rbd_cloud.run_tm("mv", rbd_cloud.tm_path("node1", 42, 1), rbd_cloud.tm_path("node2", 42, 1), "42",
+                        str(SYSTEM_DS)))
+    ok(rbd_cloud.run_tm("mv", rbd_cloud.tm_path("node1", 42), rbd_cloud.tm_path("node2", 42), "42",
+                        str(SYSTEM_DS)))
+    assert (ceph.rbd_ls(POOL), ceph.rbd_ls(SYS_POOL)) == before
+    assert (rbd_cloud.vm_dir("node2", 42) / "disk.2").read_bytes() == b"context iso"
+    for disk in (0, 1):
+        assert not (rbd_cloud.vm_dir("node2", 42) / f"disk.{disk}").exists()    # no host link for rbd
+    # undeploy (to the front-end) and back: still nothing changes in Ceph
+    ok(rbd_cloud.run_tm("mv", rbd_cloud.tm_path("node2", 42, 0), rbd_cloud.tm_path("one-fe", 42, 0), "42",
+                        str(IMAGE_DS)))
+    ok(rbd_cloud.run_tm("mv", rbd_cloud.tm_path("one-fe", 42, 0), rbd_cloud.tm_path("node1", 42, 0), "42",
+                        str(IMAGE_DS)))
+    assert (ceph.rbd_ls(POOL), ceph.rbd_ls(SYS_POOL)) == before
+    assert rbd_sha(ceph, f"{POOL}/one-7-42-0", 4 * MiB, tmp_path) == digest
+
+
+def _guest_agent_vm(cloud: RbdCloud, deploy_id: str) -> None:
+    vm = cloud.oned.vm(42)
+    oned_sim._set_text(vm, "DEPLOY_ID", deploy_id)
+    oned_sim._set_text(vm, "TEMPLATE/FEATURES/GUEST_AGENT", "yes")
+
+
+def test_snap_create_live_freezes_the_guest_around_the_snapshot(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """SNAP_CREATE_LIVE with GUEST_AGENT=yes: the guest is frozen and thawed on the host around
+    the RBD snapshot. The domain is libvirt's test driver's running domain "test" (whose
+    guest-agent calls succeed), not a qemu guest; a domain that does not exist gives one
+    INFO line and the snapshot is taken unfrozen. The volume side is real: @<N> holds the
+    disk's data at that moment."""
+    ceph = rbd_cloud.ceph
+    src = tmp_path / "a.raw"
+    digest = random_file(src, 4 * MiB, seed=5)
+    import_image(rbd_cloud, 7, src)
+    rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+    rbd_cloud.make_vm(42, [{"image": 7}])
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    rbd_cloud.configure(LIBVIRT_URI="test:///default")
+    _guest_agent_vm(rbd_cloud, "test")
+    done = rbd_cloud.run_tm("snap_create_live", rbd_cloud.tm_path("node1", 42, 0), "0", "42", str(IMAGE_DS))
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr == b""                                  # frozen and thawed: nothing to report
+    assert [s["name"] for s in ceph.rbd_snaps(f"{POOL}/one-7-42-0")] == ["0"]
+    # no such domain: the snapshot is taken without the freeze, one INFO line says so
+    _guest_agent_vm(rbd_cloud, "one-42")
+    done = rbd_cloud.run_tm("snap_create_live", rbd_cloud.tm_path("node1", 42, 0), "1", "42", str(IMAGE_DS))
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("INFO: 42 ") and "frozen" in lines[0], lines
+    assert [s["name"] for s in ceph.rbd_snaps(f"{POOL}/one-7-42-0")] == ["0", "1"]
+    # the snapshots hold the data of their moment
+    other = tmp_path / "b.raw"
+    random_file(other, 4 * MiB, seed=6)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(other),
+                    f"rbd:{POOL}/one-7-42-0:conf={ceph.conf}"], check=True, timeout=120)
+    assert rbd_sha(ceph, f"{POOL}/one-7-42-0@1", 4 * MiB, tmp_path) == digest
+
+
+def _monitor(cloud: RbdCloud, ds_id: int) -> tuple[dict[str, int], dict[int, list[str]]]:
+    msg = cloud.ds_message(None, ds_id)
+    etree.SubElement(msg, "DATASTORE_LOCATION").text = cloud.ds_location("node1")
+    etree.SubElement(msg, "MONITOR_VM_DISKS").text = "1"
+    out = ok(cloud.run_tm("monitor", str(ds_id), stdin=base64.b64encode(etree.tostring(msg))))
+    totals: dict[str, int] = {}
+    vms: dict[int, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("VM = "):
+            inner = line[len("VM = [ "):-len(" ]")]
+            vm_part, monitor_part = inner.split(", MONITOR = ")
+            vms[int(vm_part.split("=")[1])] = base64.b64decode(monitor_part.strip('"')).decode().splitlines()
+        else:
+            key, value = line.split("=")
+            totals[key] = int(value)
+    return totals, vms
+
+
+def test_monitor_reports_the_stored_size_of_each_vm_disk(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """The system datastore's monitor with MONITOR_VM_DISKS=1 (TM monitor, as oned runs it):
+    USED_MB/TOTAL_MB/FREE_MB, then per VM ``VM = [ ID = n, MONITOR = "<base64>" ]`` with
+    DISK_SIZE=[ID=<disk>,SIZE=<MB stored>] for one-<IMAGE>-<VM>-<DISK> and one-sys-<VM>-<DISK>
+    images of its POOL_NAME, and SNAPSHOT_SIZE for their @<N> snapshots. As with the stock
+    driver, the images counted are those of the system datastore's pool: here both
+    datastores use one pool (the usual ceph setup)."""
+    ceph = rbd_cloud.ceph
+    rbd_cloud.oned.datastore(SYSTEM_DS).find("TEMPLATE/POOL_NAME").text = POOL
+    src = tmp_path / "a.raw"
+    random_file(src, 4 * MiB, seed=7)
+    import_image(rbd_cloud, 7, src)
+    rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+    rbd_cloud.make_vm(42, [{"image": 7}, {"volatile": "fs", "size": 16, "POOL_NAME": POOL}])
+    rbd_cloud.make_vm(43, [{"image": 7}])
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    ok(rbd_cloud.run_tm("mkimage", "16", "raw", rbd_cloud.tm_path("node1", 42, 1), "42", str(SYSTEM_DS)))
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 43, 0), "43", str(IMAGE_DS)))
+    assert ceph.rbd_ls(POOL) == ["one-7", "one-7-42-0", "one-7-43-0", "one-sys-42-1"]
+    # VM 42 writes 6 MiB into its volatile disk and 2 MiB into its clone, then snapshots the clone
+    data = tmp_path / "w.raw"
+    random_file(data, 6 * MiB, seed=8)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "--target-is-zero", str(data),
+                    f"rbd:{POOL}/one-sys-42-1:conf={ceph.conf}"], check=True, timeout=120)
+    random_file(data, 2 * MiB, seed=9)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(data),
+                    f"rbd:{POOL}/one-7-42-0:conf={ceph.conf}"], check=True, timeout=120)
+    ok(rbd_cloud.run_tm("snap_create", rbd_cloud.tm_path("node1", 42, 0), "0", "42", str(IMAGE_DS)))
+    # VM 43 is on another system datastore now: not this one's to report
+    rbd_cloud.oned.vm(43).find("HISTORY_RECORDS/HISTORY/DS_ID").text = "102"
+    totals, vms = _monitor(rbd_cloud, SYSTEM_DS)
+    assert set(totals) == {"USED_MB", "TOTAL_MB", "FREE_MB"} and totals["TOTAL_MB"] >= totals["FREE_MB"] > 0
+    assert list(vms) == [42]
+    sizes = {}
+    for item in vms[42]:
+        kind, _, inner = item.partition("=[")
+        fields = dict(f.split("=") for f in inner.rstrip("]").split(","))
+        sizes[(kind, fields.get("ID"), fields.get("DISK_ID"))] = int(fields["SIZE"])
+    # rbd du's used size (whole 4 MiB objects), in MB, rounded up
+    assert sizes[("DISK_SIZE", "1", None)] == 8
+    assert sizes[("DISK_SIZE", "0", None)] == 4
+    assert ("SNAPSHOT_SIZE", "0", "0") in sizes
+    assert len(sizes) == 3, sizes
+    # the image datastore's own monitor: the pool's figures only
+    mon = ok(rbd_cloud.run_ds("monitor", rbd_cloud.ds_message(None), IMAGE_DS))
+    assert {line.split("=")[0] for line in mon.splitlines()} == {"USED_MB", "TOTAL_MB", "FREE_MB"}
+
+
+def test_rbd_format_1(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """RBD_FORMAT=1 as the stock driver has it on this Ceph: a VM's non-persistent disk is a
+    full copy of the image (no @snap, no parent: no layering), and images are made in the
+    cluster's default format, as the stock driver's ``rbd import``/``rbd create`` without
+    ``--image-format`` are. Ceph 16 cannot make format 1 images at all (shown below), so
+    there is no format 1 image here to refuse clones or snapshots of: snapshots work."""
+    ceph = rbd_cloud.ceph
+    made = ceph.cli("rbd", "create", "--image-format", "1", "--size", "4", f"{POOL}/old", check=False)
+    assert made.returncode != 0 and ceph.rbd_ls(POOL) == []
+    etree.SubElement(rbd_cloud.oned.datastore(IMAGE_DS).find("TEMPLATE"), "RBD_FORMAT").text = "1"
+    src = tmp_path / "a.raw"
+    digest = random_file(src, 4 * MiB, seed=10)
+    assert import_image(rbd_cloud, 7, src) == f"{POOL}/one-7 raw"
+    assert ceph.rbd_info(f"{POOL}/one-7")["format"] == 2
+    rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+    rbd_cloud.make_vm(42, [{"image": 7}])
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    info = ceph.rbd_info(f"{POOL}/one-7-42-0")
+    assert "parent" not in info
+    assert ceph.rbd_snaps(f"{POOL}/one-7") == []
+    assert rbd_sha(ceph, f"{POOL}/one-7-42-0", 4 * MiB, tmp_path) == digest
+    ok(rbd_cloud.run_tm("snap_create", rbd_cloud.tm_path("node1", 42, 0), "0", "42", str(IMAGE_DS)))
+    assert [s["name"] for s in ceph.rbd_snaps(f"{POOL}/one-7-42-0")] == ["0"]
+    ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    assert ceph.rbd_ls(POOL) == ["one-7"]
