@@ -1,6 +1,6 @@
 """More rbd driver actions on the live cluster, through the driver executables as oned calls
 them: marketplace export, TM mv, snap_create_live with the guest freeze, the VM-disk sizes
-of the system datastore monitor, RBD_FORMAT=1 and EC_POOL_NAME."""
+of the system datastore monitor, RBD_FORMAT=1, and a backup (prebackup/postbackup)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import subprocess
 from pathlib import Path
 
 from ceph_env import ceph
+from livevm import libvirtd
 from lxml import etree
 from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
 from sim import oned as oned_sim
 from storage_env import sshd
 from test_rbd_drivers import failed, import_image, ok, random_file, rbd_sha
 
-FIXTURES = (ceph, rbd_cloud, sshd)
+FIXTURES = (ceph, rbd_cloud, sshd, libvirtd)
 MiB = 2**20
 
 
@@ -99,12 +100,14 @@ def _guest_agent_vm(cloud: RbdCloud, deploy_id: str) -> None:
     oned_sim._set_text(vm, "TEMPLATE/FEATURES/GUEST_AGENT", "yes")
 
 
-def test_snap_create_live_freezes_the_guest_around_the_snapshot(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
-    """SNAP_CREATE_LIVE with GUEST_AGENT=yes: the guest is frozen and thawed on the host around
-    the RBD snapshot. The domain is libvirt's test driver's running domain "test" (whose
-    guest-agent calls succeed), not a qemu guest; a domain that does not exist gives one
-    INFO line and the snapshot is taken unfrozen. The volume side is real: @<N> holds the
-    disk's data at that moment."""
+def test_snap_create_live_freezes_the_guest_around_the_snapshot(rbd_cloud: RbdCloud, libvirtd: object,
+                                                               tmp_path: Path) -> None:
+    """SNAP_CREATE_LIVE with GUEST_AGENT=yes: the guest is frozen and thawed through the host's
+    libvirt around the RBD snapshot. The domain is libvirt's test driver's running domain
+    "test" (served by the host's libvirtd, reached through the test sshd as every host's
+    libvirt is; its guest-agent calls succeed), not a qemu guest; a domain that does not exist
+    gives one INFO line and the snapshot is taken unfrozen. The volume side is real: @<N>
+    holds the disk's data at that moment."""
     ceph = rbd_cloud.ceph
     src = tmp_path / "a.raw"
     digest = random_file(src, 4 * MiB, seed=5)
@@ -114,9 +117,16 @@ def test_snap_create_live_freezes_the_guest_around_the_snapshot(rbd_cloud: RbdCl
     ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
     rbd_cloud.configure(LIBVIRT_URI="test:///default")
     _guest_agent_vm(rbd_cloud, "test")
-    done = rbd_cloud.run_tm("snap_create_live", rbd_cloud.tm_path("node1", 42, 0), "0", "42", str(IMAGE_DS))
+    client_log = tmp_path / "libvirt-client.log"
+    env = {"LIBVIRT_LOG_OUTPUTS": f"1:file:{client_log}", "LIBVIRT_LOG_FILTERS": "1:libvirt.domain"}
+    done = rbd_cloud.run_tm("snap_create_live", rbd_cloud.tm_path("node1", 42, 0), "0", "42", str(IMAGE_DS),
+                            env=env)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stderr == b""                                  # frozen and thawed: nothing to report
+    calls = [line.split(": debug : ", 1)[-1].split(":", 1)[0] for line in client_log.read_text().splitlines()
+             if "name=test," in line]
+    assert [c for c in calls if c in ("virDomainFSFreeze", "virDomainFSThaw")] == ["virDomainFSFreeze",
+                                                                                     "virDomainFSThaw"]
     assert [s["name"] for s in ceph.rbd_snaps(f"{POOL}/one-7-42-0")] == ["0"]
     # no such domain: the snapshot is taken without the freeze, one INFO line says so
     _guest_agent_vm(rbd_cloud, "one-42")
@@ -224,3 +234,53 @@ def test_rbd_format_1(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
     assert [s["name"] for s in ceph.rbd_snaps(f"{POOL}/one-7-42-0")] == ["0"]
     ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
     assert ceph.rbd_ls(POOL) == ["one-7"]
+
+
+def test_backup_of_a_vm_on_rbd(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """PREBACKUP / POSTBACKUP on rbd, as oned runs them (``host:system_dir disk_ids deploy_id
+    bjid vmid sys_dsid``, the plain <VM> on stdin): one RBD group snapshot of the listed disks,
+    each converted on the host (qemu reads a copy of the image's part of the group snapshot,
+    which is in the group's namespace) into
+    ``backup/disk.<ID>.0``, qcow2 holding exactly the disk's bytes at the snapshot; postbackup
+    removes the snapshots and the directory; the disks are as they were."""
+    ceph = rbd_cloud.ceph
+    src = tmp_path / "a.raw"
+    digests = {0: random_file(src, 8 * MiB, seed=11)}
+    import_image(rbd_cloud, 7, src)
+    rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+    digests[1] = random_file(src, 8 * MiB, seed=12)
+    import_image(rbd_cloud, 8, src)
+    rbd_cloud.oned.image(8).find("SOURCE").text = f"{POOL}/one-8"
+    rbd_cloud.make_vm(42, [{"image": 7, "size": 8}, {"image": 8, "persistent": True}])
+    ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+    ok(rbd_cloud.run_tm("ln", f"one-fe:{POOL}/one-8", rbd_cloud.tm_path("node1", 42, 1), "42", str(IMAGE_DS)))
+    rbd_cloud.vm_dir("node1", 42).mkdir(parents=True, exist_ok=True)
+    before = ceph.rbd_ls(POOL)
+    stdin = etree.tostring(rbd_cloud.oned.served("vm", 42))
+    args = (rbd_cloud.tm_path("node1", 42), "0:1", "one-42", "-", "42", str(SYSTEM_DS))
+    ok(rbd_cloud.run_tm("prebackup", *args, stdin=stdin))
+    backup = rbd_cloud.vm_dir("node1", 42) / "backup"
+    assert sorted(p.name for p in backup.iterdir()) == ["disk.0.0", "disk.1.0", "vm.xml"]
+    snaps = {image: [s["name"] for s in ceph.rbd_snaps(f"{POOL}/{image}")] for image in ("one-7-42-0", "one-8")}
+    # one RBD group snapshot: each image's part is in the group's namespace (qemu read it
+    # through a copy, gone again), the same snapshot of both
+    assert all(len(names) == 1 and names[0].startswith(".group.") for names in snaps.values()), snaps
+    assert snaps["one-7-42-0"] == snaps["one-8"]
+    assert ceph.rbd_ls(POOL) == before
+    # the disk changes after the snapshot: the backup holds the data of the snapshot
+    random_file(src, 8 * MiB, seed=13)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src),
+                    f"rbd:{POOL}/one-7-42-0:conf={ceph.conf}"], check=True, timeout=120)
+    for disk, digest in digests.items():
+        info = subprocess.run(["qemu-img", "info", "--output=json", str(backup / f"disk.{disk}.0")],
+                              capture_output=True, text=True, check=True).stdout
+        assert '"format": "qcow2"' in info and "backing-filename" not in info
+        raw = tmp_path / f"disk.{disk}.raw"
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(backup / f"disk.{disk}.0"), str(raw)],
+                       check=True)
+        assert hashlib.sha256(raw.read_bytes()[:8 * MiB]).hexdigest() == digest, f"disk {disk}"
+    ok(rbd_cloud.run_tm("postbackup", *args, stdin=stdin))
+    assert not backup.exists()
+    left = {image: ceph.rbd_snaps(f"{POOL}/{image}") for image in ("one-7-42-0", "one-8")}
+    assert left == {"one-7-42-0": [], "one-8": []}, left
+    assert ceph.rbd_ls(POOL) == before

@@ -169,10 +169,18 @@ def is_backup_snapshot(snap: Volume, drv: Driver, vm_id: int, volumes: Sequence[
     return False
 
 
+def _snapshots(drv: Driver, volumes: Sequence[str]) -> list[Volume]:
+    """Snapshots of every volume named like ours (one API call); qualified names (pool/name)
+    are listed per pool of ``volumes``, since a VM's disks may be in several pools."""
+    if not drv.names.qualified:
+        return drv.backend.snapshots(f"{drv.names.px}-")
+    pools = sorted({volume.split("/", 1)[0] for volume in volumes if "/" in volume})
+    return [s for pool in pools for s in drv.backend.snapshots(f"{pool}/{drv.names.px}-")]
+
+
 def backup_snapshots(drv: Driver, vm_id: int, volumes: Sequence[str]) -> list[str]:
-    """Names of this VM's backup snapshots (one API call)."""
-    prefix = f"{drv.names.px}-"
-    return sorted(s.name for s in drv.backend.snapshots(prefix) if is_backup_snapshot(s, drv, vm_id, volumes))
+    """Names of this VM's backup snapshots (one API call; per pool for qualified names)."""
+    return sorted(s.name for s in _snapshots(drv, volumes) if is_backup_snapshot(s, drv, vm_id, volumes))
 
 
 @contextlib.contextmanager
@@ -274,7 +282,7 @@ def _rollback(drv: Driver, shell: Host, args: BackupArgs, pairs: Sequence[tuple[
     if names is None:  # the group snapshot failed or its reply was lost: ours carry our stamp
         wanted = {snap for _, snap in pairs}
         try:
-            names = [s.name for s in drv.backend.snapshots(f"{drv.names.px}-") if s.name in wanted
+            names = [s.name for s in _snapshots(drv, [volume for volume, _ in pairs]) if s.name in wanted
                      and s.tags.get(BACKUP_TAG) == str(stamp) and s.tags.get("nvm") == str(args.vm_id)]
         except DriverError as exc:
             log.error(f"rollback: cannot list snapshots: {exc}")
