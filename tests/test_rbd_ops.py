@@ -1,15 +1,16 @@
 """More rbd driver actions on the live cluster, through the driver executables as oned calls
 them: marketplace export, TM mv, snap_create_live with the guest freeze, the VM-disk sizes
-of the system datastore monitor, RBD_FORMAT=1, and a backup (prebackup/postbackup)."""
+of the system datastore monitor, RBD_FORMAT=1, EC_POOL_NAME and a backup (prebackup/postbackup)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import subprocess
+import time
 from pathlib import Path
 
-from ceph_env import ceph
+from ceph_env import CephCluster, ceph
 from livevm import libvirtd
 from lxml import etree
 from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
@@ -284,3 +285,80 @@ def test_backup_of_a_vm_on_rbd(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
     left = {image: ceph.rbd_snaps(f"{POOL}/{image}") for image in ("one-7-42-0", "one-8")}
     assert left == {"one-7-42-0": [], "one-8": []}, left
     assert ceph.rbd_ls(POOL) == before
+
+
+# all three shards of a k=2/m=1 erasure-coded pool on the one OSD: the real erasure-code data
+# path without the fault tolerance (Ceph refuses k=1, and its stock rules want three OSDs)
+EC_RULE = """
+rule one_tweaks_ec_one_osd {
+    id 42
+    type erasure
+    min_size 1
+    max_size 10
+    step set_chooseleaf_tries 5
+    step set_choose_tries 100
+""" + """    step take default
+    step choose indep 1 type osd
+    step emit
+""" * 3 + "}\n"
+
+
+def _ec_pool(ceph: CephCluster, tmp_path: Path, name: str) -> None:
+    refused = ceph.cli("ceph", "osd", "erasure-code-profile", "set", "one-k1", "k=1", "m=1", check=False)
+    assert refused.returncode != 0 and b"k=1" in refused.stderr
+    ceph.cli("ceph", "osd", "getcrushmap", "-o", str(tmp_path / "crush"))
+    subprocess.run(["crushtool", "-d", str(tmp_path / "crush"), "-o", str(tmp_path / "crush.txt")], check=True)
+    text = (tmp_path / "crush.txt").read_text()
+    if "one_tweaks_ec_one_osd" not in text:
+        (tmp_path / "crush.txt").write_text(text.replace("# end crush map", EC_RULE + "# end crush map"))
+        subprocess.run(["crushtool", "-c", str(tmp_path / "crush.txt"), "-o", str(tmp_path / "crush")], check=True)
+        ceph.cli("ceph", "osd", "setcrushmap", "-i", str(tmp_path / "crush"))
+    ceph.cli("ceph", "osd", "erasure-code-profile", "set", "one-k2", "k=2", "m=1", "crush-failure-domain=osd")
+    ceph.cli("ceph", "osd", "pool", "create", name, "4", "4", "erasure", "one-k2", "one_tweaks_ec_one_osd")
+    ceph.cli("ceph", "osd", "pool", "set", name, "allow_ec_overwrites", "true")
+    ceph.cli("ceph", "osd", "pool", "application", "enable", name, "rbd")
+    deadline = time.monotonic() + 120
+    while not ceph._pgs_active():
+        assert time.monotonic() < deadline, "the erasure-coded pool's placement groups never became active"
+        time.sleep(1)
+
+
+def test_ec_pool_name_puts_the_data_in_an_erasure_coded_pool(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """EC_POOL_NAME: images the drivers make (DS cp, TM clone, mkimage) keep their metadata in
+    POOL_NAME and their data objects in the erasure-coded pool (a real k=2/m=1 pool whose
+    three shards a CRUSH rule puts on the test cluster's one OSD), and read back intact."""
+    ceph = rbd_cloud.ceph
+    _ec_pool(ceph, tmp_path, "one-ec")
+    try:
+        for ds in (IMAGE_DS, SYSTEM_DS):
+            etree.SubElement(rbd_cloud.oned.datastore(ds).find("TEMPLATE"), "EC_POOL_NAME").text = "one-ec"
+        src = tmp_path / "a.raw"
+        digest = random_file(src, 8 * MiB, seed=14)
+        import_image(rbd_cloud, 7, src)
+        assert ceph.rbd_info(f"{POOL}/one-7")["data_pool"] == "one-ec"
+        rbd_cloud.oned.image(7).find("SOURCE").text = f"{POOL}/one-7"
+        rbd_cloud.make_vm(42, [{"image": 7}, {"volatile": "fs", "size": 8}])
+        ok(rbd_cloud.run_tm("clone", f"one-fe:{POOL}/one-7", rbd_cloud.tm_path("node1", 42, 0), "42",
+                            str(IMAGE_DS)))
+        ok(rbd_cloud.run_tm("mkimage", "8", "raw", rbd_cloud.tm_path("node1", 42, 1), "42", str(SYSTEM_DS)))
+        for image in (f"{POOL}/one-7-42-0", f"{SYS_POOL}/one-sys-42-1"):
+            assert ceph.rbd_info(image)["data_pool"] == "one-ec", image
+        assert rbd_sha(ceph, f"{POOL}/one-7-42-0", 8 * MiB, tmp_path) == digest
+        # the data objects are in the EC pool, none in POOL_NAME
+        ec_objects = ceph.cli("rados", "--pool", "one-ec", "ls").stdout.decode().split()
+        assert any(o.startswith("rbd_data.") for o in ec_objects)
+        meta_objects = ceph.cli("rados", "--pool", POOL, "ls").stdout.decode().split()
+        assert not any(o.startswith("rbd_data.") for o in meta_objects)
+        ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", 42, 0), "42", str(IMAGE_DS)))
+        ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", 42, 1), "42", str(SYSTEM_DS)))
+        assert ceph.rbd_ls(POOL) == ["one-7"] and ceph.rbd_ls(SYS_POOL) == []
+        # a data pool that does not exist: one line, nothing made
+        for ds in (IMAGE_DS, SYSTEM_DS):
+            rbd_cloud.oned.datastore(ds).find("TEMPLATE/EC_POOL_NAME").text = "nosuchpool"
+        rbd_cloud.make_image(9, source="", size_mb=16)
+        failed(rbd_cloud.run_ds("mkfs", rbd_cloud.ds_message(9), 9))
+        assert ceph.rbd_ls(POOL) == ["one-7"]
+    finally:
+        ceph.purge_pool(POOL)
+        ceph.purge_pool(SYS_POOL)
+        ceph.cli("ceph", "osd", "pool", "delete", "one-ec", "one-ec", "--yes-i-really-really-mean-it", check=False)
