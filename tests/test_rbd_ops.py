@@ -280,6 +280,12 @@ def test_backup_of_a_vm_on_rbd(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
         subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(backup / f"disk.{disk}.0"), str(raw)],
                        check=True)
         assert hashlib.sha256(raw.read_bytes()[:8 * MiB]).hexdigest() == digest, f"disk {disk}"
+    # restore: a backup file comes back as a new image (DS cp of the qcow2 file, as oned's
+    # restore of a backup image registers its disks), holding the disk's bytes
+    for disk, digest in digests.items():
+        assert import_image(rbd_cloud, 30 + disk, backup / f"disk.{disk}.0") == f"{POOL}/one-{30 + disk} raw"
+        assert rbd_sha(ceph, f"{POOL}/one-{30 + disk}", 8 * MiB, tmp_path) == digest, f"disk {disk}"
+        ok(rbd_cloud.run_ds("rm", rbd_cloud.ds_message(30 + disk), 30 + disk))
     ok(rbd_cloud.run_tm("postbackup", *args, stdin=stdin))
     assert not backup.exists()
     left = {image: ceph.rbd_snaps(f"{POOL}/{image}") for image in ("one-7-42-0", "one-8")}
