@@ -17,6 +17,7 @@ from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
 from sim import oned as oned_sim
 from storage_env import sshd
 from test_rbd_drivers import failed, import_image, ok, random_file, rbd_sha
+from test_tm_storpool import _parse_monitor
 
 FIXTURES = (ceph, rbd_cloud, sshd, libvirtd)
 MiB = 2**20
@@ -148,18 +149,7 @@ def _monitor(cloud: RbdCloud, ds_id: int) -> tuple[dict[str, int], dict[int, lis
     msg = cloud.ds_message(None, ds_id)
     etree.SubElement(msg, "DATASTORE_LOCATION").text = cloud.ds_location("node1")
     etree.SubElement(msg, "MONITOR_VM_DISKS").text = "1"
-    out = ok(cloud.run_tm("monitor", str(ds_id), stdin=base64.b64encode(etree.tostring(msg))))
-    totals: dict[str, int] = {}
-    vms: dict[int, list[str]] = {}
-    for line in out.splitlines():
-        if line.startswith("VM = "):
-            inner = line[len("VM = [ "):-len(" ]")]
-            vm_part, monitor_part = inner.split(", MONITOR = ")
-            vms[int(vm_part.split("=")[1])] = base64.b64decode(monitor_part.strip('"')).decode().splitlines()
-        else:
-            key, value = line.split("=")
-            totals[key] = int(value)
-    return totals, vms
+    return _parse_monitor(ok(cloud.run_tm("monitor", str(ds_id), stdin=base64.b64encode(etree.tostring(msg)))))
 
 
 def test_monitor_reports_the_stored_size_of_each_vm_disk(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
