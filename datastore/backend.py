@@ -147,6 +147,9 @@ class Backend(abc.ABC):
     group_snapshots: ClassVar[bool] = True
     #: UEFI NVRAM on a volume of its own (``make_nvram``)
     nvram_volumes: ClassVar[bool] = True
+    #: the front-end writes a local file into a volume itself (``write_volume``): a network
+    #: backend's context ISO volume (block backends write through the host's device)
+    volume_writes: ClassVar[bool] = False
     #: where data copies run for backends that copy through a host (LINSTOR): set by the
     #: Driver; returns the host's attachment target and a shell on it
     mover: Callable[[], tuple[HostRef, Host]] | None = None
@@ -368,6 +371,11 @@ class Backend(abc.ABC):
         """A new volume ``name`` holding the ``size`` bytes read from ``stream``: complete or
         absent whatever fails; Conflict when it exists."""
         raise DriverError(f"the {self.name or type(self).__name__} backend cannot write a volume from a stream")
+
+    def write_volume(self, name: str, path: str) -> None:
+        """The local file ``path`` written at the start of the existing volume ``name`` (at
+        least that large), the rest of the volume zeroed (``volume_writes``)."""
+        raise DriverError(f"the {self.name or type(self).__name__} backend cannot write a file into a volume")
 
     def read_stream(self, name: str, out: IO[bytes]) -> int:
         """Write volume ``name``'s bytes to ``out``; returns how many."""

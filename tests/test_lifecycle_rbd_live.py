@@ -9,8 +9,9 @@ disks (``<disk type='network'>``, ``<source protocol='rbd' name=...>`` with CEPH
 monitors, ``<auth>`` with CEPH_USER and the libvirt ``ceph`` secret CEPH_SECRET, which the test
 defines on both libvirt hosts); the system datastore has no DISK_TYPE=RBD, so oned writes the
 volatile disk as the file ``disk.N`` and the shipped volatile-network rule makes it the RBD
-image mkimage made. The context ISO is a file in the VM directory, as with OpenNebula's ceph
-drivers.
+image mkimage made. The context ISO is the file ``disk.N`` oned names and the RBD image
+``one-sys/one-sys-<VM>-<DISK>`` TM context writes too; the shipped context-network rule makes
+the CD-ROM that image, and the guest reads the ISO from it.
 
 One VM, reused across the steps (one TCG boot, then one more after the undeploy):
 
@@ -48,7 +49,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -326,12 +326,14 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
     clone, db, volatile = f"{POOL}/one-{IMAGE}-{VM_ID}-0", f"{POOL}/one-{DATABLOCK}", f"{SYS_POOL}/one-sys-{VM_ID}-2"
     node1_dir, node2_dir, fe_dir = (cloud.vm_dir(h, VM_ID) for h in ("node1", "node2", FE))
     disks = {"vda": clone, "vdb": db, "vdc": volatile}
+    context = f"{SYS_POOL}/one-sys-{VM_ID}-3"
 
     # -- 2. deploy with the tweaks -----------------------------------------------------------------
     fe.deploy(VM_ID)
     booted = wait_agent(name, timeout=300)
     assert ceph.rbd_ls(POOL) == sorted([f"one-{DATABLOCK}", f"one-{IMAGE}", f"one-{IMAGE}-{VM_ID}-0"])
-    assert ceph.rbd_ls(SYS_POOL) == [f"one-sys-{VM_ID}-2"], "the volatile disk is an RBD image; no checkpoint yet"
+    assert ceph.rbd_ls(SYS_POOL) == [f"one-sys-{VM_ID}-2", f"one-sys-{VM_ID}-3"], \
+        "the volatile disk and the context are RBD images; no checkpoint yet"
     assert snaps(ceph, f"{POOL}/one-{IMAGE}") == ["snap"], "the clone base"
     assert (ceph.rbd_info(clone) or {}).get("parent", {}).get("image") == f"one-{IMAGE}"
     assert rbd_size(ceph, clone) == root_mb * MiB and rbd_size(ceph, volatile) == VOLATILE_MB * MiB
@@ -350,10 +352,15 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
         assert (disk.find("auth").get("username"), disk.find("auth/secret").get("uuid")) == ("admin", secret), dev
         assert disk.find("serial") is not None and disk.find("driver").get("queues") == "2", dev  # the tweaks
     (ctx,) = live.xpath("devices/disk[target/@dev='hda']")
-    assert ctx.get("type") == "file" and ctx.find("source").get("file") == f"{fe.system_dir(VM_ID)}/disk.3"
-    assert sorted(qemu_rbd_images(name).values()) == sorted(disks.values()), "qemu opened every disk with librbd"
+    assert ctx.get("type") == "network" and ctx.find("source").get("name") == context, "context-network"
+    assert sorted(qemu_rbd_images(name).values()) == sorted([*disks.values(), context]), \
+        "qemu opened every disk and the context with librbd"
     assert sizes(name) == {"vda": (root_mb * MiB, "disk"), "vdb": (DATABLOCK_MB * MiB, "disk"),
-                           "vdc": (VOLATILE_MB * MiB, "disk"), "sr0": ((node1_dir / "disk.3").stat().st_size, "rom")}
+                           "vdc": (VOLATILE_MB * MiB, "disk"), "sr0": (rbd_size(ceph, context), "rom")}
+    iso = (node1_dir / "disk.3").read_bytes()
+    assert head(ceph, context, len(iso)) == iso, "the context image holds the ISO"
+    assert guest_check(name, ["/bin/dd", "if=/dev/sr0", "bs=1", "skip=32769", "count=5", "status=none"]) \
+        == "CD001", "the guest reads the ISO from the RBD image"
     assert guest_check(name, ["/bin/cat", "/etc/one-tweaks-guest"]).strip() == guest_image.marker
     guest_check(name, ["/bin/sh", "-c", "mkdir -p /mnt/v && mount /dev/vdc /mnt/v && echo kept > /mnt/v/file "
                                         "&& umount /mnt/v && echo alive > /run/marker"])
@@ -377,13 +384,14 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
     # -- 5. suspend and resume: the checkpoint waits in Ceph --------------------------------------
     fe.suspend(VM_ID)
     assert name not in virsh("list", "--all", "--name").stdout.split()
-    assert ceph.rbd_ls(SYS_POOL) == sorted([f"one-sys-{VM_ID}-2", f"one-sys-{VM_ID}-checkpoint"])
+    assert ceph.rbd_ls(SYS_POOL) == sorted([f"one-sys-{VM_ID}-2", f"one-sys-{VM_ID}-3", f"one-sys-{VM_ID}-checkpoint"])
     assert not (node1_dir / "checkpoint").exists(), "the checkpoint is in Ceph, not on the host"
     fe.restore(VM_ID)
     assert virsh("domstate", name).stdout.strip() == "running"
     wait_agent(name, timeout=60)
     assert guest_check(name, ["/bin/cat", "/run/marker"]).strip() == "alive", "restored, not rebooted"
-    assert ceph.rbd_ls(SYS_POOL) == [f"one-sys-{VM_ID}-2"], "the checkpoint image went with the restore"
+    assert ceph.rbd_ls(SYS_POOL) == [f"one-sys-{VM_ID}-2", f"one-sys-{VM_ID}-3"], \
+        "the checkpoint image went with the restore"
     assert not (node1_dir / "checkpoint").exists()
 
     # -- 6. live migration node1 -> node2 ------------------------------------------------------------
@@ -397,8 +405,7 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
     moved = etree.fromstring(hosts.virsh("dumpxml", name).stdout.encode())
     assert {d.find("target").get("dev"): d.find("source").get("name")
             for d in moved.iterfind("devices/disk[@type='network']")} == disks
-    (iso,) = moved.xpath("devices/disk[target/@dev='hda']/source/@file")
-    assert os.path.normpath(iso) == str(node2_dir / "disk.3"), "node2's context ISO"
+    assert moved.xpath("devices/disk[target/@dev='hda']/source/@name") == [context], "the same context image"
     assert not node1_dir.exists() and (node2_dir / "disk.3").is_file()
     assert node2_check(hosts, name, ["/bin/cat", "/run/marker"]).strip() == "alive"
     assert {pool: ceph.rbd_ls(pool) for pool in (POOL, SYS_POOL)} == before, "nothing moved in Ceph"

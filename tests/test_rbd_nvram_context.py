@@ -109,3 +109,56 @@ def test_facts_name_the_nvram_image_for_os_nvram(rbd_cloud: RbdCloud) -> None:
         "storage.nvram_protocol": "rbd", "storage.nvram_name": f"{SYS_POOL}/one-sys-42-nvram",
         "storage.nvram_hosts": ds.findtext("TEMPLATE/CEPH_HOST"), "storage.nvram_user": "admin",
         "storage.nvram_secret": ds.findtext("TEMPLATE/CEPH_SECRET"), "storage.nvram_secret_type": "ceph"}
+
+
+# --- the context ISO as an RBD image -------------------------------------------------------------
+
+def test_context_iso_is_written_into_its_rbd_image_too(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
+    """TM context writes the ISO into ``<SYSPOOL>/one-sys-<VM>-<DISK>`` through librbd (the
+    image the facts name for context_network) and keeps the file ``disk.N`` oned's domain
+    XML names; a re-run rewrites the image and grows it when the ISO outgrew it."""
+    from datastore.facts import storage_facts
+    from onelib.config import Config
+
+    cluster = rbd_cloud.ceph
+    vm = rbd_cloud.make_vm(42, [{"volatile": "fs", "size": 8}])
+    oned_sim._set_text(vm.find("TEMPLATE"), "CONTEXT/DISK_ID", "1")
+    image = f"{SYS_POOL}/one-sys-42-1"
+    ok(context(rbd_cloud, tmp_path, 42, "ETH0_IP='10.0.0.2'\n"))
+    iso = (rbd_cloud.vm_dir("node1", 42) / "disk.1").read_bytes()
+    assert b"CONTEXT" in iso[32768:40960] and b"10.0.0.2" in iso
+    assert cluster.json("rbd", "image-meta", "list", image).get("one.nvm") == "42"
+    assert (cluster.rbd_info(image) or {})["size"] == MiB
+    data = export(cluster, image, tmp_path)
+    assert data[:len(iso)] == iso and data[len(iso):].count(0) == MiB - len(iso), "the ISO, then zeroes"
+    # the facts name that image for the context CD-ROM
+    _, disks = storage_facts(vm, rbd_cloud.oned.served("datastore", SYSTEM_DS), Config())
+    assert disks["1"]["storage_form"] == "network" and disks["1"]["storage_name"] == image
+    assert disks["1"]["storage_protocol"] == "rbd" and disks["1"]["storage_secret_type"] == "ceph"
+    # a re-run (restore, NIC hot-plug, updateconf) rewrites it
+    ok(context(rbd_cloud, tmp_path, 42, "ETH0_IP='10.0.0.77'\n"))
+    iso = (rbd_cloud.vm_dir("node1", 42) / "disk.1").read_bytes()
+    data = export(cluster, image, tmp_path)
+    assert b"10.0.0.77" in iso and data[:len(iso)] == iso and data[len(iso):].count(0) == MiB - len(iso)
+    # an ISO larger than the image grows it
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (6 * 4096))            # 6 MiB of context files
+    ctx = tmp_path / "context.sh"
+    ctx.write_text("ETH0_IP='10.0.0.78'\n")
+    ok(rbd_cloud.run_tm("context", str(ctx), str(big), rbd_cloud.tm_path("node1", 42, 1), "42", str(SYSTEM_DS)))
+    iso = (rbd_cloud.vm_dir("node1", 42) / "disk.1").read_bytes()
+    size = (cluster.rbd_info(image) or {})["size"]
+    assert len(iso) > 6 * MiB and size == -(-len(iso) // MiB) * MiB
+    assert export(cluster, image, tmp_path)[:len(iso)] == iso
+    # an image of that name that is not the VM's context is refused, untouched
+    other = rbd_cloud.make_vm(43, [])
+    oned_sim._set_text(other.find("TEMPLATE"), "CONTEXT/DISK_ID", "0")
+    cluster.cli("rbd", "create", "--size", "1", f"{SYS_POOL}/one-sys-43-0")
+    ctx.write_text("X=1\n")
+    reason = one_line(rbd_cloud.run_tm("context", str(ctx), rbd_cloud.tm_path("node1", 43, 0), "43",
+                                       str(SYSTEM_DS)))
+    assert "one-sys-43-0" in reason and "context" in reason
+    assert export(cluster, f"{SYS_POOL}/one-sys-43-0", tmp_path).count(0) == MiB
+    # TM delete of the VM directory removes the image with the VM
+    ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", 42), "42", str(SYSTEM_DS)))
+    assert "one-sys-42-1" not in cluster.rbd_ls(SYS_POOL)

@@ -152,6 +152,7 @@ class Rbd(Backend):
     ds_mad_conf = (("REQUIRED_ATTRS", "DISK_TYPE"), ("PERSISTENT_ONLY", "NO"), ("MARKETPLACE_ACTIONS", "export"))
     group_snapshots = True          # RBD group snapshots (``group_snapshot``)
     nvram_volumes = True            # ``make_nvram``: the VARS template written through librbd
+    volume_writes = True            # ``write_volume``: the context ISO written through librbd
     can_rename = True
     delayed_delete = False          # per datastore: CEPH_TRASH (see from_config)
 
@@ -211,8 +212,10 @@ class Rbd(Backend):
         a clone, SOURCE for a persistent image, ``<POOL>/one-sys-<VM>-<DISK>`` for a volatile
         disk), ``storage_hosts`` (CEPH_HOST), ``storage_user`` (CEPH_USER), ``storage_secret``
         (CEPH_SECRET, type ceph): the disk's own (inherited) values, else the system
-        datastore's. The context ISO is a file on the host (no volume is named for it).
-        Scalars: ``storage.rbd_pool`` (the system datastore's POOL_NAME); for a known VM its
+        datastore's. The context CD-ROM: its image ``<POOL>/one-sys-<VM>-<DISK>`` (TM context
+        writes the ISO there besides the file ``disk.N``; context_network then uses it), with
+        the system datastore's values. Scalars: ``storage.rbd_pool`` (the system datastore's
+        POOL_NAME); for a known VM its
         NVRAM image (``make_nvram``) for os_nvram: ``storage.nvram_protocol`` rbd,
         ``storage.nvram_name`` ``<POOL>/one-sys-<VM>-nvram``, ``storage.nvram_hosts``/``_user``/
         ``_secret``/``_secret_type`` from the system datastore."""
@@ -244,6 +247,17 @@ class Rbd(Backend):
             if values.get("storage_secret"):
                 values["storage_secret_type"] = "ceph"
             out[disk_id] = values
+        context_id = xmldoc.text(template, "CONTEXT/DISK_ID") if template is not None else ""
+        if context_id in disks and context_id.isascii() and context_id.isdigit() and vm_id.isdigit():
+            values = {"storage_protocol": "rbd",
+                      "storage_name": RbdNames(px=px, pool=sys_pool).context(int(vm_id), int(context_id))}
+            for key, fact in (("CEPH_HOST", "storage_hosts"), ("CEPH_USER", "storage_user"),
+                              ("CEPH_SECRET", "storage_secret")):
+                if attrs.get(key):
+                    values[fact] = attrs[key]
+            if values.get("storage_secret"):
+                values["storage_secret_type"] = "ceph"
+            out[context_id] = values
         scalars = {"storage.rbd_pool": sys_pool}
         if vm_id.isascii() and vm_id.isdigit():
             scalars.update({"storage.nvram_protocol": "rbd",
@@ -1007,12 +1021,28 @@ class Rbd(Backend):
                 length = min(CHUNK, size - offset)
                 data = self._do(f"read {ref}@{part['name']}", source.read, offset, length)
                 if data.count(0) == len(data):
-                    self._do(f"discard {ref}", target.discard, offset, length)
+                    self._do(f"zero {ref}", target.write_zeroes, offset, length)
                 else:
                     self._do(f"write {ref}", target.write, data, offset)
                 offset += length
             self._do(f"flush {ref}", target.flush)
 
+
+    def write_volume(self, name: str, path: str) -> None:
+        """The local file ``path`` (the context ISO) at the start of image ``name`` through
+        librbd, the rest of the image zeroed (a shorter ISO leaves nothing of the last one)."""
+        ref = self._ref(name)
+        with self._image(ref) as image, open(path, "rb") as fh:
+            size = int(self._do(f"{ref}", image.size))
+            offset = 0
+            while chunk := fh.read(CHUNK):
+                if offset + len(chunk) > size:
+                    raise DriverError(f"{path} does not fit into RBD image {ref} ({size} bytes)")
+                self._do(f"write {ref}", image.write, chunk, offset)
+                offset += len(chunk)
+            if offset < size:
+                self._do(f"zero {ref}", image.write_zeroes, offset, size - offset)
+            self._do(f"flush {ref}", image.flush)
 
     # --- UEFI NVRAM --------------------------------------------------------------------------
     def make_nvram(self, name: str, size: int, *, placement: str, tags: Mapping[str, str], host: HostRef,

@@ -5,6 +5,10 @@ The ISO is built on the front-end (genisoimage, volume label CONTEXT, as OpenNeb
 written into the volume through the host it is attached to, and linked as ``disk.N``.
 oned runs this again for restore, NIC hot-plug and updateconf: the same volume is
 rewritten (grown first if the ISO outgrew it).
+A network backend (``disk_form`` network, e.g. rbd) keeps the ISO as the file ``disk.N`` on
+the host, which oned's domain XML names; one whose front-end writes its volumes itself
+(``Backend.volume_writes``) also writes it into the volume ``names.context`` names, which
+its facts name for the context_network rule (the CD-ROM then reads the volume).
 
 UEFI VMs whose NVRAM lives on a volume (T_OS_NVRAM's volume word, ``os_nvram.VOLUME``: "the
 storage driver's NVRAM volume", whichever driver keeps the system datastore) also get the
@@ -84,16 +88,17 @@ _WRITE_FILE = 'set -e; mkdir -p -- "$(dirname -- "$1")"; cat > "$1.tmp"; mv -f -
 
 
 def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) -> None:
-    if drv.backend_class.disk_form == "network":
-        # network disks (rbd): the context ISO stays a file disk.N on the host, as OpenNebula's
-        # ceph driver keeps it (oned's domain XML names that file)
+    network = drv.backend_class.disk_form == "network"
+    if network:
+        # network disks (rbd): the ISO is the file disk.N on the host, which oned's domain XML
+        # names (as OpenNebula's ceph driver keeps it), and, when the front-end can write the
+        # backend's volumes, also that volume: the one context_network makes the CD-ROM
         with open(iso, "rb") as fh:
             drv.shell(dst.host).run(["sh", "-c", _WRITE_FILE, "sh", dst.path], input=fh.read())
-        return
+        if not drv.backend.volume_writes:
+            return
     name = drv.names.context(vm_id, dst.disk_id)
     size = -(-os.path.getsize(iso) // MIB) * MIB
-    host = drv.host(dst.host)
-    shell = drv.shell(dst.host)
     with drv.lock(name):
         created = False
         try:
@@ -108,6 +113,11 @@ def write_context(drv: Driver, dst: DiskPath, vm_id: int, ds_id: int, iso: str) 
             if found.size < size:
                 drv.backend.resize(name, size)
         try:
+            if network:
+                drv.backend.write_volume(name, iso)
+                return
+            host = drv.host(dst.host)
+            shell = drv.shell(dst.host)
             device = drv.backend.attach(name, host)
             with open(iso, "rb") as fh:
                 data = fh.read()
