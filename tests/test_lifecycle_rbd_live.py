@@ -26,6 +26,8 @@ One VM, reused across the steps (one TCG boot, then one more after the undeploy)
    guest's file systems frozen around it (its fsfreeze hook logs freeze, thaw);
 4. a live resize of the volatile disk (TM RESIZE + ``resize_disk-tweaks``): the RBD image and
    the guest's disk grow;
+   then a VM snapshot (``snapshot_create-tweaks``): one RBD group snapshot of the VM's
+   images (group ``one/one-vm-<VM>``), deleted again (``snapshot_delete-tweaks``);
 5. suspend/resume (SAVE/RESTORE through ``save-tweaks``/``restore-tweaks``): while suspended
    the domain is gone, the checkpoint is ``one-sys/one-sys-<VM>-checkpoint`` and no file on
    the host; after the restore the guest runs on (a file in its tmpfs survived) and the
@@ -380,6 +382,18 @@ def test_vm_lifecycle_on_rbd(life: tuple[RbdLifeCloud, SecondHost], guest_image:
     fe.resize_disk(VM_ID, 2, GROWN_MB)
     assert rbd_size(ceph, volatile) == GROWN_MB * MiB
     assert wait_size(name, "vdc", GROWN_MB * MiB) == GROWN_MB * MiB, "the guest sees the grown disk"
+
+    # -- 4b. a VM snapshot (one RBD group snapshot of every disk), then its deletion ----------------
+    group = f"{POOL}/one-vm-{VM_ID}"
+    snap_id, hid = fe.vm_snapshot(VM_ID)
+    assert snap_id == 0 and hid.startswith("snap-0-"), hid
+    members = ceph.json("rbd", "group", "image", "list", group)
+    assert set(disks.values()) <= {f"{m['pool']}/{m['image']}" for m in members}, members
+    (group_snap,) = ceph.json("rbd", "group", "snap", "ls", group)
+    assert group_snap["snapshot"] == f"onesnap-0-{hid.split('-')[2]}"
+    fe.vm_snapshot_delete(VM_ID, snap_id)
+    assert ceph.json("rbd", "group", "snap", "ls", group) == []
+    assert {volume: snaps(ceph, volume) for volume in disks.values()} == {clone: [], db: ["0"], volatile: []}
 
     # -- 5. suspend and resume: the checkpoint waits in Ceph --------------------------------------
     fe.suspend(VM_ID)
