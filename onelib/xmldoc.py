@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from lxml import etree
 
-from . import numbers
 from .errors import DriverError
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -58,6 +57,8 @@ def integer(el: etree._Element | None, path: str, what: str, default: int | None
         if default is None:
             raise DriverError(f"{what}: {path} is missing")
         return default
+    from . import numbers  # here: `one-tweaks apply` reads documents through this module, never a number
+
     return numbers.whole(value, f"{what}: {path}=", minimum=-numbers.MAX, signed=True, unit="a number")
 
 

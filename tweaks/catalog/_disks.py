@@ -228,11 +228,13 @@ def file_to_block(ctx: Context, kind: str) -> None:
 # What a network backend tells the rules about a disk it keeps (``Backend.facts``): enough
 # to write libvirt's <disk type='network'> without the engine knowing the backend.
 NETWORK_FACTS = ("storage_protocol", "storage_name")
-_PROTOCOL = re.compile(r"[a-z][a-z0-9+.-]{0,15}")
-_VOLUME_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@/:+-]{0,399}")
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253})(?::([0-9]{1,5}))?")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# Pattern strings, compiled (and cached by ``re``) on first use: only a VM with network disks
+# needs them, and compiling five patterns at import cost every deploy a few milliseconds.
+_PROTOCOL = r"[a-z][a-z0-9+.-]{0,15}"
+_VOLUME_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.@/:+-]{0,399}"
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253})(?::([0-9]{1,5}))?"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_USER = r"[A-Za-z0-9_.@-]{1,64}"
 MAX_HOSTS = 16
 
 
@@ -243,15 +245,15 @@ def network_source(facts: Mapping[str, str]) -> tuple[dict[str, str], list[dict[
     (the storage side's values are checked like any input: they end up in the domain)."""
     protocol = facts.get("storage_protocol", "")
     name = facts.get("storage_name", "")
-    if not _PROTOCOL.fullmatch(protocol):
+    if not re.fullmatch(_PROTOCOL, protocol):
         return "no usable storage_protocol fact"
-    if not _VOLUME_NAME.fullmatch(name) or ".." in name.split("/"):
+    if not re.fullmatch(_VOLUME_NAME, name) or ".." in name.split("/"):
         return "no usable storage_name fact"
     hosts: list[dict[str, str]] = []
     for word in _SEPARATORS.split(facts.get("storage_hosts", "")):
         if not word:
             continue
-        match = _HOST.fullmatch(word)
+        match = re.fullmatch(_HOST, word)
         if match is None or len(hosts) >= MAX_HOSTS:
             return f"storage_hosts entry {word[:64]!r} is not host[:port]"
         host = {"name": match.group(1).strip("[]")}
@@ -265,7 +267,8 @@ def network_source(facts: Mapping[str, str]) -> tuple[dict[str, str], list[dict[
     secret_type = facts.get("storage_secret_type", "")
     auth = None
     if user and uuid:  # as oned: auth only when both are known
-        if not _USER.fullmatch(user) or not _UUID.fullmatch(uuid) or not _PROTOCOL.fullmatch(secret_type):
+        if (not re.fullmatch(_USER, user) or not re.fullmatch(_UUID, uuid)
+                or not re.fullmatch(_PROTOCOL, secret_type)):
             return "storage_user/storage_secret/storage_secret_type facts are not usable"
         auth = (user, secret_type, uuid)
     return {"protocol": protocol, "name": name}, hosts, auth
