@@ -6,13 +6,16 @@ and what qemu got for each (QMP ``query-block``, ``virsh dumpxml``); the same VM
 is an RBD image too (os_nvram, started paused under TCG). The context ISO stays a
 file in the VM directory (as OpenNebula's ceph driver keeps it).
 
-UEFI NVRAM on RBD: os_nvram (T_OS_NVRAM=storpool, the storage driver's volume) with the NVRAM
-volume a network backend names (``storage.nvram_*``) writes ``<nvram type='network'><source
-protocol='rbd'>``; libvirt 9.0 with OVMF under TCG keeps the guest's variables (OVMF's boot
-counter and boot entries) in the RBD image across a restart.
+UEFI NVRAM on RBD, the product's path: TM ``context`` of a VM with T_OS_NVRAM's volume word
+makes ``<SYSPOOL>/one-sys-<VM>-nvram`` (``Rbd.make_nvram``: 1 MiB, the OVMF VARS template at its
+end), the system datastore's facts name it (``storage.nvram_*``) and os_nvram writes
+``<nvram type='network'><source protocol='rbd'>``; libvirt 9.0 with OVMF under TCG maps that
+1 MiB image as pflash1 and keeps the guest's variables (OVMF's boot counter and boot entries) in
+it across a restart and a re-run of context.
 
-The RBD images are made with the ``rbd`` CLI; qemu gets the cluster's key through a libvirt
-``ceph`` secret defined here and undefined after.
+The other test's RBD images are made with the ``rbd`` CLI; qemu gets the cluster's key through a
+libvirt ``ceph`` secret defined here (the UEFI test names it as the system datastore's
+CEPH_SECRET) and undefined after.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ from ceph_env import CephCluster, ceph
 from conftest import DOMAIN_RNG, vm_xml
 from livevm import Daemon, LiveVMs, bootable, dumpxml, libvirtd, live, loopdev, qmp, small_domain, virsh
 from lxml import etree
+from rbd_env import SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
+from sim import oned as oned_sim
+from storage_env import sshd
 from test_live_firmware_cpu import VARS_TEMPLATE, boot_count, boot_entries, vars_store
 
+from datastore.facts import storage_facts
+from onelib.config import Config
 from tweaks import engine, loader
 from tweaks.validate import DomainSchema
 
-FIXTURES = (ceph, libvirtd, live, loopdev)
+FIXTURES = (ceph, libvirtd, live, loopdev, rbd_cloud, sshd)
 live_vm = pytest.mark.libvirtd
 
 VM_ID = "42"
@@ -230,7 +238,8 @@ def test_vm_on_rbd_starts_with_its_network_disks(ceph: CephCluster, ceph_secret:
 
 
 def wait_rbd(images: Images, image: str, directory: Path, done: Callable[[dict[tuple[str, str], bytes]], bool],
-             what: str, timeout: float = 300, quiet: float = 3) -> bytes:
+             what: str, timeout: float = 300, quiet: float = 3,
+             store: Callable[[bytes], dict[tuple[str, str], bytes]] = vars_store) -> bytes:
     """Poll the NVRAM image (rbd export) until ``done(store)``, then until it has not changed for
     ``quiet`` seconds. OVMF under TCG on a loaded machine can take minutes to its boot entries."""
     deadline = time.monotonic() + timeout
@@ -239,30 +248,47 @@ def wait_rbd(images: Images, image: str, directory: Path, done: Callable[[dict[t
         data = images.read(image, directory)
         if data != last:
             last, since = data, time.monotonic()
-        reached = reached or done(vars_store(data))
+        reached = reached or done(store(data))
         if reached and time.monotonic() - since >= quiet:
             return data
         time.sleep(1)
-    store = vars_store(last) if last else {}
+    found = store(last) if last else {}
     raise AssertionError(f"the firmware did not {what} within {timeout:.0f} s "
-                         f"(boot counter {boot_count(store)}, entries {sorted(boot_entries(store))})")
+                         f"(boot counter {boot_count(found)}, entries {sorted(boot_entries(found))})")
 
 
 @live_vm
-def test_uefi_nvram_on_rbd_keeps_variables_across_boots(ceph: CephCluster, ceph_secret: str, images: Images,
+def test_uefi_nvram_on_rbd_keeps_variables_across_boots(rbd_cloud: RbdCloud, ceph_secret: str, images: Images,
                                                         live: LiveVMs, tmp_path: Path,
                                                         assert_valid: Callable[[bytes], None]) -> None:
-    nvram = images.import_file(VARS_TEMPLATE, f"one-sys/one-sys-{VM_ID}-nvram")
+    """The product's path end to end: TM context of a VM with T_OS_NVRAM's volume word makes
+    its NVRAM image (``Rbd.make_nvram``), the system datastore's facts name it, os_nvram
+    writes ``<nvram type='network'>`` from them, and OVMF keeps its variables in that image."""
+    rbd_cloud.oned.datastore(SYSTEM_DS).find("TEMPLATE/CEPH_SECRET").text = ceph_secret  # type: ignore[union-attr]
+    vm = rbd_cloud.make_vm(int(VM_ID), [{"volatile": "fs", "size": 8}])
+    oned_sim._set_text(vm.find("TEMPLATE"), "CONTEXT/DISK_ID", "1")
+    for key, value in (("T_OS_LOADER", OVMF_CODE), ("T_OS_NVRAM", "storpool")):
+        etree.SubElement(vm.find("USER_TEMPLATE"), key).text = value
+    ctx = tmp_path / "context.sh"
+    ctx.write_text("ETH0_IP='10.0.0.2'\n")
+    made = rbd_cloud.run_tm("context", str(ctx), rbd_cloud.tm_path("node1", int(VM_ID), 1), VM_ID, str(SYSTEM_DS))
+    assert made.returncode == 0, made.stderr.decode()
+    scalars, _ = storage_facts(vm, rbd_cloud.oned.served("datastore", SYSTEM_DS), Config())
+    nvram = scalars["storage.nvram_name"]
+    assert nvram == f"{SYS_POOL}/one-sys-{VM_ID}-nvram" and scalars["storage.nvram_secret"] == ceph_secret
+    template = VARS_TEMPLATE.read_bytes()
+
+    def store(data: bytes) -> dict[tuple[str, str], bytes]:
+        return vars_store(data[-len(template):])   # the variable store sits at the image's end
+
+    made_data = images.read(nvram, tmp_path)
+    assert made_data[-len(template):] == template, "TM context wrote the VARS template"
     context = tmp_path / "disk.3"
     context.write_bytes(b"\0" * 4096)
-    # the os_nvram rule (T_OS_NVRAM's volume word) on the NVRAM volume a network backend names
+    # the os_nvram rule (T_OS_NVRAM's volume word) on the facts the rbd backend supplies
     domain = etree.fromstring(small_domain(vcpu=1, memory_mib=256))
     for disk in domain.xpath("devices/disk[target/@dev!='hda']"):
         disk.getparent().remove(disk)
-    scalars = {"storage.tm_mads": "rbd", "storage.network_tm_mads": "rbd", "storage.nvram_protocol": "rbd",
-               "storage.nvram_name": nvram, "storage.nvram_hosts": f"127.0.0.1:{ceph.mon_v1}",
-               "storage.nvram_user": "admin", "storage.nvram_secret": ceph_secret,
-               "storage.nvram_secret_type": "ceph"}
     outcome = engine.apply_rules(engine.parse_xml(etree.tostring(domain), "domain"),
                                  engine.parse_xml(vm_xml({"T_OS_LOADER": OVMF_CODE, "T_OS_NVRAM": "storpool"}), "vm"),
                                  loader.load([]).rules, schema=DomainSchema(DOMAIN_RNG), supplied=(scalars, {}))
@@ -270,6 +296,7 @@ def test_uefi_nvram_on_rbd_keeps_variables_across_boots(ceph: CephCluster, ceph_
     root = tree.getroot()
     assert root.findtext("os/loader") == OVMF_CODE
     assert root.find("os/nvram").get("type") == "network"
+    assert root.find("os/nvram/source").get("name") == nvram
     xml = startable(tree, context, uefi=True, accel="tcg")
     xml_root = etree.fromstring(xml)
     xml_root.replace(xml_root.find("os"), copy.deepcopy(root.find("os")))
@@ -279,18 +306,21 @@ def test_uefi_nvram_on_rbd_keeps_variables_across_boots(ceph: CephCluster, ceph_
     live_nvram = dumpxml(name).find("os/nvram")
     assert live_nvram.get("type") == "network" and live_nvram.find("source").get("name") == nvram
     wait_rbd(images, nvram, tmp_path, lambda s: boot_count(s) == 1 and "BootOrder" in boot_entries(s),
-             "write its boot counter and boot entries")
+             "write its boot counter and boot entries", store=store)
     live.destroy(name)
     first = images.read(nvram, tmp_path)
-    entries = boot_entries(vars_store(first))
-    assert boot_count(vars_store(first)) == 1 and "Boot0000" in entries
+    entries = boot_entries(store(first))
+    assert boot_count(store(first)) == 1 and "Boot0000" in entries
 
+    # oned re-runs context (restore, NIC hot-plug): the guest's variables stay
+    made = rbd_cloud.run_tm("context", str(ctx), rbd_cloud.tm_path("node1", int(VM_ID), 1), VM_ID, str(SYSTEM_DS))
+    assert made.returncode == 0, made.stderr.decode()
     name = live.start(xml, paused=True)
-    assert images.read(nvram, tmp_path) == first, "starting the VM changed the NVRAM image"
+    assert images.read(nvram, tmp_path) == first, "context or starting the VM changed the NVRAM image"
     virsh("resume", name)
-    wait_rbd(images, nvram, tmp_path, lambda s: boot_count(s) == 2, "count its second boot")
+    wait_rbd(images, nvram, tmp_path, lambda s: boot_count(s) == 2, "count its second boot", store=store)
     live.destroy(name)
-    second = vars_store(images.read(nvram, tmp_path))
+    second = store(images.read(nvram, tmp_path))
     assert boot_count(second) == 2  # an image reset to its template (or not written back) would count 1
     later = boot_entries(second)
     assert all(later.get(key) == value for key, value in entries.items() if key != "BootOrder"), sorted(later)
