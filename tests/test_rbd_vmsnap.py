@@ -10,6 +10,7 @@ runs on a real paused domain whose disks are those RBD images (libvirtd + qemu, 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import re
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 from ceph_env import CephCluster, ceph
 from livevm import Daemon, kvm_available, libvirtd, virsh
 from lxml import etree
-from rbd_env import POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
+from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
 from storage_env import sshd
 
 from datastore.backends.rbd import Rbd
@@ -198,6 +199,62 @@ def test_deleting_the_vm_disks_leaves_no_group_and_no_snapshot(rbd_cloud: RbdClo
         be.close()
     assert groups(cluster) == []
     assert cluster.rbd_ls(POOL) == [] and cluster.rbd_ls(SYS_POOL) == []
+
+
+PERSISTENT = f"{POOL}/one-8"
+
+
+@pytest.mark.parametrize("mvds_first", [True, False], ids=["mvds-first", "deletes-first"])
+def test_terminating_the_vm_takes_its_persistent_image_out_of_the_group(rbd_cloud: RbdCloud,
+                                                                        mvds_first: bool) -> None:
+    """A VM snapshot's group holds a persistent image too; terminate (TM mvds of that image
+    back to its datastore, TM delete of the other disks and of the VM directory, in either
+    order) leaves the image out of any group, without snapshots, and no group behind."""
+    cluster = rbd_cloud.ceph
+    make_vm(rbd_cloud)
+    rbd_cloud.make_image(8, size_mb=8, persistent=True)
+    vm = rbd_cloud.oned.vm(VM)
+    disk = copy.deepcopy(vm.find("TEMPLATE/DISK[DISK_ID='0']"))
+    for key, value in (("DISK_ID", "2"), ("IMAGE_ID", "8"), ("SOURCE", PERSISTENT), ("CLONE", "NO"),
+                       ("TARGET", "vdc")):
+        disk.find(key).text = value  # type: ignore[union-attr]
+    etree.SubElement(disk, "PERSISTENT").text = "YES"
+    vm.find("TEMPLATE").append(disk)  # type: ignore[union-attr]
+    cluster.cli("rbd", "create", "--size", "8", PERSISTENT)
+    ok(run_vmm(rbd_cloud, "snapshot_create", "one-42", "0"))
+    ok(run_vmm(rbd_cloud, "snapshot_create", "one-42", "1"))
+    members = cluster.json("rbd", "group", "image", "list", GROUP)
+    assert sorted(f"{m['pool']}/{m['image']}" for m in members) == sorted([*DISKS, PERSISTENT])
+    assert len(all_snaps(cluster, PERSISTENT)) == 2
+
+    def mvds() -> None:
+        ok(rbd_cloud.run_tm("mvds", rbd_cloud.tm_path("node1", VM, 2), PERSISTENT, str(VM), str(IMAGE_DS)))
+
+    def deletes() -> None:
+        ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", VM, 0), str(VM), str(IMAGE_DS)))
+        ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", VM, 1), str(VM), str(SYSTEM_DS)))
+
+    for step in (mvds, deletes) if mvds_first else (deletes, mvds):
+        step()
+    ok(rbd_cloud.run_tm("delete", rbd_cloud.tm_path("node1", VM), str(VM), str(SYSTEM_DS)))
+    assert groups(cluster) == []
+    assert cluster.rbd_ls(POOL) == ["one-8"] and cluster.rbd_ls(SYS_POOL) == []
+    assert all_snaps(cluster, PERSISTENT) == [] and snap_meta(cluster, PERSISTENT) == {}
+    # the image is free: another VM's snapshot takes it into that VM's group; once that VM
+    # snapshot is deleted, MVDS alone (no other disk deleted) takes it out and the group goes
+    be = backend(rbd_cloud)
+    try:
+        be.vm_snapshot([(PERSISTENT, f"{PERSISTENT}@onesnap-0-100", {"diskid": "0"})],
+                       {"virt": "one", "nloc": "one", "nvm": "43", "onesnap": "0"})
+        assert groups(cluster) == [f"{POOL}/one-vm-43"]
+        mvds()      # a group snapshot holds the image: it stays in the group
+        assert groups(cluster) == [f"{POOL}/one-vm-43"] and len(all_snaps(cluster, PERSISTENT)) == 1
+        be.delete(f"{PERSISTENT}@onesnap-0-100")
+        assert groups(cluster) == [f"{POOL}/one-vm-43"] and all_snaps(cluster, PERSISTENT) == []
+        mvds()
+        assert groups(cluster) == [] and cluster.rbd_ls(POOL) == ["one-8"]
+    finally:
+        be.close()
 
 
 # --- faults: nothing half-made -------------------------------------------------------------------

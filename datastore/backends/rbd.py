@@ -941,9 +941,25 @@ class Rbd(Backend):
         group = rbd.Group(self._io(pool), info["name"])
         with contextlib.suppress(NotFound):
             self._do(f"{label}: leave {ref}", group.remove_image, self._io(ref.pool), ref.image)
-            if not self._do(label, lambda: list(group.list_images())) and \
-                    not self._do(label, lambda: list(group.list_snaps())):
-                self._do(label, rbd.RBD().group_remove, self._io(pool), info["name"])
+        self._dissolve(pool, info["name"])
+
+    def _dissolve(self, pool: str, name: str) -> None:
+        """RBD group ``pool/name`` once it has no snapshot: its images leave it and it goes.
+        Such a group holds nothing but its member list, which the next VM snapshot makes
+        anew (``_group_members``); left alone it would keep a persistent image that MVDS
+        gave back to its datastore in the terminated VM's group (TM delete of the VM's other
+        images removes the group snapshots whole, the image's part with them)."""
+        _, rbd = _lib()
+        label = f"RBD group {pool}/{name}"
+        group = rbd.Group(self._io(pool), name)
+        with contextlib.suppress(NotFound):
+            if self._do(label, lambda: list(group.list_snaps())):
+                return
+            for member in self._do(label, lambda: list(group.list_images())):
+                with contextlib.suppress(NotFound):
+                    self._do(f"{label}: leave {self._pool_name(member['pool'])}/{member['name']}",
+                             group.remove_image, self._io(self._pool_name(member["pool"])), member["name"])
+            self._do(label, rbd.RBD().group_remove, self._io(pool), name)
 
     def vm_snapshot_revert(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Group snapshots whose parts are exactly these volumes: one group rollback each;
@@ -1133,11 +1149,19 @@ class Rbd(Backend):
         return copy.volume
 
     def detach(self, name: str, host: HostRef | None, *, force: bool = False, snapshot: bool = False) -> None:
-        """Nothing is attached anywhere; a group snapshot part's read copy (``attach``) goes."""
+        """Nothing is attached anywhere; a group snapshot part's read copy (``attach``) goes.
+        An image (TM mvds of a persistent image, mv, delete) whose group has no snapshot left
+        leaves it, and the group goes (``_dissolve``)."""
         ref = self._ref(name)
         if snapshot and ref.snap:
             with contextlib.suppress(NotFound):
                 self._remove_waiting(_Ref(ref.pool, f"{ref.image}.{ref.snap}.read"))
+        elif not ref.snap:
+            info: Mapping[str, Any] = {}
+            with contextlib.suppress(NotFound), self._image(ref, read_only=True) as image:
+                info = self._do(f"group of {ref}", image.group)
+            if info.get("name"):
+                self._dissolve(self._pool_name(info["pool"]), info["name"])
 
     def attach_many(self, items: Sequence[tuple[str, bool]], host: HostRef) -> dict[str, str]:
         return {name: self.target(name) for name, _ in items}
