@@ -95,12 +95,14 @@ def test_osd_stops_during_an_image_clone(rbd_cloud: RbdCloud, tmp_path: Path) ->
 def test_osd_stops_during_an_import(rbd_cloud: RbdCloud, tmp_path: Path) -> None:
     ceph = rbd_cloud.ceph
     src = tmp_path / "big.raw"
-    big_file(src, 384 * MiB)
+    # big enough that an idle machine is still copying a second in (384 MiB took under 2 s)
+    big_file(src, 1024 * MiB)
     qcow = tmp_path / "big.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(src), str(qcow)], check=True)
+    src.unlink()
     rbd_cloud.make_image(7, source="", path=str(qcow))
     proc = rbd_cloud.popen_ds("cp", rbd_cloud.ds_message(7), 7)
-    rc, err, _ = stop_osd_during(rbd_cloud, proc, 2.0)
+    rc, err, _ = stop_osd_during(rbd_cloud, proc, 1.0)
     one_line((rc, err))
     assert "one-7" not in ceph.rbd_ls(POOL)
     healthy_timeouts(rbd_cloud)
