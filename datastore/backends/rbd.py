@@ -436,8 +436,14 @@ class Rbd(Backend):
         final name is never half-made, whatever fails (an OSD gone, a full pool, a crash)."""
         _, rbd = _lib()
         part = _Ref(ref.pool, f"{ref.image}.partial")
-        with contextlib.suppress(NotFound):
+        try:
             self._remove_waiting(part)
+        except NotFound:
+            # A create cut off by an OSD going away can leave the name listed without an image
+            # header: it cannot be opened, yet creating the name again fails with "exists".
+            # librbd's remove clears such a name; the name is ours (``.partial``) whatever holds it.
+            with contextlib.suppress(NotFound):
+                self._do(f"leftover {part}", rbd.RBD().remove, self._io(part.pool), part.image)
         try:
             yield part
             self._do(f"rename {part}", rbd.RBD().rename, self._io(ref.pool), part.image, ref.image)
