@@ -201,3 +201,17 @@ def rbd_cloud(tmp_path: Path, ceph: CephCluster, sshd: Sshd) -> Iterator[RbdClou
         ceph.start_osd()
     for pool in (POOL, SYS_POOL):
         ceph.purge_pool(pool)
+
+
+def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """The output of an action that must succeed."""
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode().strip()
+
+
+def one_line(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """The one-line reason of an action that must fail (no traceback)."""
+    assert proc.returncode != 0, proc.stdout.decode()
+    err = proc.stderr.decode().strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err

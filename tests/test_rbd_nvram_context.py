@@ -12,25 +12,13 @@ from pathlib import Path
 
 from ceph_env import CephCluster, ceph
 from lxml import etree
-from rbd_env import SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
+from rbd_env import SYS_POOL, SYSTEM_DS, RbdCloud, ok, one_line, rbd_cloud
 from sim import oned as oned_sim
 from storage_env import sshd
 
 FIXTURES = (ceph, rbd_cloud, sshd)
 MiB = 2**20
 VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")       # what the driver reads on the host (node1)
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode().strip()
-
-
-def one_line(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode != 0, proc.stdout.decode()
-    err = proc.stderr.decode().strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def export(cluster: CephCluster, image: str, tmp: Path) -> bytes:

@@ -25,7 +25,7 @@ import pytest
 from ceph_env import CephCluster, ceph
 from livevm import Daemon, kvm_available, libvirtd, virsh
 from lxml import etree
-from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, rbd_cloud
+from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, ok, one_line, rbd_cloud
 from storage_env import sshd
 
 from datastore.backends.rbd import Rbd
@@ -105,18 +105,6 @@ def run_vmm(cloud: RbdCloud, action: str, deploy_id: str, snap: str) -> subproce
     return subprocess.run([sys.executable, str(drivers.KVM / f"{action}-tweaks"), deploy_id, snap, str(VM), "node1"],
                           input=message(cloud, deploy_id), capture_output=True, env=cloud.env, cwd=cloud.home,
                           timeout=180, check=False)
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode().strip()
-
-
-def one_line(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode != 0, proc.stdout.decode()
-    err = proc.stderr.decode().strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def all_snaps(cluster: CephCluster, image: str) -> list[dict[str, Any]]:
