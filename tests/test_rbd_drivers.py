@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 from ceph_env import CephCluster, ceph
-from rbd_env import IMAGE_DS, POOL, SYS_POOL, RbdCloud, rbd_cloud
+from rbd_env import IMAGE_DS, POOL, SYS_POOL, RbdCloud, ok, rbd_cloud
 from storage_env import sshd
 
 FIXTURES = (ceph, rbd_cloud, sshd)
 MiB = 2**20
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode().strip()
 
 
 def failed(proc: subprocess.CompletedProcess[bytes]) -> str:

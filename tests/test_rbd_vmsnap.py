@@ -15,23 +15,22 @@ import hashlib
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import drivers
 import pytest
 from ceph_env import CephCluster, ceph
-from livevm import Daemon, kvm_available, libvirtd, virsh
+from livevm import kvm_available, libvirtd, virsh
 from lxml import etree
 from rbd_env import IMAGE_DS, POOL, SYS_POOL, SYSTEM_DS, RbdCloud, ok, one_line, rbd_cloud
 from storage_env import sshd
+from test_rbd_live import ceph_secret
 
 from datastore.backends.rbd import Rbd
 from onelib.errors import DriverError
 
-FIXTURES = (ceph, rbd_cloud, sshd, libvirtd)
+FIXTURES = (ceph, rbd_cloud, sshd, libvirtd, ceph_secret)
 MiB = 2**20
 VM = 42
 DISKS = (f"{POOL}/one-7-{VM}-0", f"{SYS_POOL}/one-sys-{VM}-1")
@@ -281,21 +280,6 @@ def test_a_failed_group_snapshot_leaves_nothing_behind(rbd_cloud: RbdCloud) -> N
 
 
 # --- revert on a real VM -------------------------------------------------------------------------
-
-@pytest.fixture
-def ceph_secret(ceph: CephCluster, libvirtd: Daemon, tmp_path: Path) -> Iterator[str]:
-    """A libvirt ``ceph`` secret holding client.admin's key; undefined afterwards."""
-    secret = str(uuid.uuid4())
-    xml = tmp_path / "secret.xml"
-    xml.write_text(f"<secret ephemeral='no' private='yes'><uuid>{secret}</uuid>"
-                   f"<usage type='ceph'><name>one-tweaks-vmsnap {secret}</name></usage></secret>")
-    virsh("secret-define", str(xml))
-    try:
-        virsh("secret-set-value", secret, "--base64", ceph.admin_key)
-        yield secret
-    finally:
-        virsh("secret-undefine", secret, check=False)
-
 
 def deployment(cloud: RbdCloud, secret: str) -> bytes:
     """The domain oned writes for this VM on rbd: both disks network disks."""
