@@ -88,7 +88,8 @@ Where the reference is silent (choices of this simulator)
   sent). ``detach: "all"`` detaches every client not attached by the same entry. Detaching (or
   changing the rights of) an attachment whose loop device would go away while a process has it
   open or mounted is ``busy`` ("... is open at client N") unless ``force`` is true
-  (``check_open=False`` turns the check off). attachTimeout is accepted and ignored.
+  (``check_open=False`` turns the check off); a device closed within ``OPEN_GRACE`` seconds
+  (a passing probe) is waited for. attachTimeout is accepted and ignored.
 - VolumesGroupSnapshot is all-or-nothing with respect to the API (it runs under the state lock
   and rolls back on failure); data of volumes written while attached is copied one volume
   after the other. Its reply carries ``ok`` and ``generation`` besides ``snapshots`` because
@@ -133,6 +134,7 @@ NAME_SIZE = 200  # names must be shorter than this
 MAX_CLIENT_ID = 0x0FFF
 MAX_ATTACH_POS = 1023
 MAX_DISK_ID = 4095
+OPEN_GRACE = 2.0  # seconds a detach waits for a device some process holds open
 DEFAULT_CAPACITY = 10 * 2**40
 
 HTTP_API_ERROR = 500
@@ -1781,7 +1783,7 @@ class StorPoolSim:
                 state[cid] = "rw"
             forced[obj.gid] = forced.get(obj.gid, False) or force
         if self.check_open:
-            opened: set[str] | None = None
+            going: list[tuple[str, int, str]] = []
             for gid, state in plan.items():
                 if forced[gid]:
                     continue
@@ -1789,10 +1791,19 @@ class StorPoolSim:
                     dev = self._loops.get((gid, rights))
                     if state.get(cid) == rights or rights in state.values() or dev is None:
                         continue  # this client keeps it, or others keep the same device
-                    if opened is None:
-                        opened = _open_devices()
-                    if dev in opened:
-                        raise _busy(f"{objs[gid].kind.capitalize()} {objs[gid].name} is open at client {cid}")
+                    going.append((gid, cid, dev))
+            # A device held only for a moment (a probe by some other tool on the machine) is
+            # waited for, as a client lets a closing device go; one held on is busy.
+            deadline = time.monotonic() + OPEN_GRACE
+            while going:
+                opened = _open_devices()
+                held = [(gid, cid) for gid, cid, dev in going if dev in opened]
+                if not held:
+                    break
+                if time.monotonic() >= deadline:
+                    gid, cid = held[0]
+                    raise _busy(f"{objs[gid].kind.capitalize()} {objs[gid].name} is open at client {cid}")
+                time.sleep(0.05)
         for gid, state in plan.items():
             self._apply_attachments(objs[gid], state)
 
