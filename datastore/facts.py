@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from onelib import xmldoc
-
 from .backends import backend_class, disk_forms
 
 if TYPE_CHECKING:
@@ -31,6 +29,12 @@ if TYPE_CHECKING:
     from onelib.config import Config
 
 Supplied = tuple[dict[str, str], dict[str, dict[str, str]]]
+
+
+def _text(el: etree._Element, path: str) -> str:
+    # not onelib.xmldoc: `one-tweaks apply` reaches this module on every run, and three more
+    # modules to load cost it more than the facts themselves
+    return (el.findtext(path) or "").strip()
 
 
 def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = None,
@@ -44,20 +48,22 @@ def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = 
     if config is not None:
         scalars["storage.px"] = config.get("ONE_PX") or "one"
     if datastore is not None:
+        from onelib import xmldoc
+
         for tag in ("ID", "NAME", "TM_MAD"):
-            scalars[f"system_ds.{tag}"] = xmldoc.text(datastore, tag)
+            scalars[f"system_ds.{tag}"] = _text(datastore, tag)
         for name, value in xmldoc.template_attrs(datastore.find("TEMPLATE")).items():
             scalars.setdefault(f"system_ds.{name}", value)
     disks: dict[str, dict[str, str]] = {}
     if vm is not None:
         history = vm.findall("HISTORY_RECORDS/HISTORY")
-        system_tm = xmldoc.text(history[-1], "TM_MAD") if history else ""
+        system_tm = _text(history[-1], "TM_MAD") if history else ""
         template = vm.find("TEMPLATE")
         entries: list[tuple[str, str, bool]] = []  # (disk id, own TM_MAD, on the system datastore)
         for disk in template.iterfind("DISK") if template is not None else ():
-            volatile = xmldoc.text(disk, "TYPE").upper() in ("FS", "SWAP")
-            entries.append((xmldoc.text(disk, "DISK_ID"), xmldoc.text(disk, "TM_MAD"), volatile))
-        context_id = xmldoc.text(vm, "TEMPLATE/CONTEXT/DISK_ID")
+            volatile = _text(disk, "TYPE").upper() in ("FS", "SWAP")
+            entries.append((_text(disk, "DISK_ID"), _text(disk, "TM_MAD"), volatile))
+        context_id = _text(vm, "TEMPLATE/CONTEXT/DISK_ID")
         if context_id:
             entries.append((context_id, "", True))
         kept: dict[str, list[str]] = {}  # TM_MAD -> its disks
@@ -66,8 +72,8 @@ def storage_facts(vm: etree._Element | None, datastore: etree._Element | None = 
             if disk_id and tm_mad in forms:
                 disks[disk_id] = {"storage_form": forms[tm_mad]}
                 kept.setdefault(tm_mad, []).append(disk_id)
-        if datastore is not None and forms.get(xmldoc.text(datastore, "TM_MAD")) == "network":
-            kept.setdefault(xmldoc.text(datastore, "TM_MAD"), [])
+        if datastore is not None and forms.get(_text(datastore, "TM_MAD")) == "network":
+            kept.setdefault(_text(datastore, "TM_MAD"), [])
         # network backends describe their disks themselves (volume names, monitors, secrets)
         for tm_mad in sorted(d for d in kept if forms[d] == "network"):
             own_scalars, own_disks = backend_class(tm_mad).facts(vm, datastore, config, kept[tm_mad])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,11 +28,11 @@ if TYPE_CHECKING:
 FACTS_GROUP = "one_tweaks.facts"
 
 
-def _entries(group: str) -> list[tuple[str, str]]:
+def _entries(group: str) -> Iterator[tuple[str, str]]:
     """(name, "module:attr") of every entry point of ``group``, first distribution on
-    sys.path first."""
-    out: list[tuple[str, str]] = []
+    sys.path first (lazily: the caller stops at the first it can use)."""
     seen: set[str] = set()
+
     # distributions are never installed in the standard library's own directories, the
     # largest on sys.path: listing them cost apply about a millisecond
     stdlib = os.path.dirname(os.__file__)
@@ -54,6 +55,8 @@ def _entries(group: str) -> list[tuple[str, str]]:
             except OSError:
                 continue
             seen.add(dist)
+            if group not in text:  # most distributions have other groups only
+                continue
             section = ""
             for raw in text.splitlines():
                 line = raw.strip()
@@ -61,8 +64,7 @@ def _entries(group: str) -> list[tuple[str, str]]:
                     section = line[1:-1].strip()
                 elif section == group and "=" in line and not line.startswith(("#", ";")):
                     name, _, target = line.partition("=")
-                    out.append((name.strip(), target.strip()))
-    return out
+                    yield name.strip(), target.strip()
 
 
 def entry_point(group: str, name: str | None = None) -> Any | None:
