@@ -51,10 +51,15 @@ class Title(Tweak):
         ctx.editor.set_text(ctx.editor.child(ctx.root, "title"), "tweaked")
 
 
-@pytest.fixture
-def test_tweaks() -> Iterator[None]:
-    for name, tweak in (("boom", Boom()), ("bogus", Bogus()), ("title", Title())):
-        registry.register(name, tweak)
+@pytest.fixture(params=["journal", "copy"])
+def test_tweaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The test tweaks, undone either by the editor's journal (as the catalogue's tweaks
+    are: they pose as catalogue modules) or by a copy of the domain (any other tweak)."""
+    for name, cls in (("boom", Boom), ("bogus", Bogus), ("title", Title)):
+        if request.param == "journal":
+            cls = type(cls.__name__, (cls,), {"__module__": f"tweaks.catalog.{name}"})
+        registry.register(name, cls())
+        assert registry.journaled(name) == (request.param == "journal")
     yield
     for name in ("boom", "bogus", "title"):
         registry.unregister(name)

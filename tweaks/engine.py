@@ -167,7 +167,12 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
             result.reason = "no value for " + "; ".join(reason for reason, _ in plans)
             continue
 
-        snapshot = copy.deepcopy(domain.getroot())
+        # Our own tweaks edit only through the editor, whose journal undoes a rule; a tweak
+        # from elsewhere might not, so its rule still works on a copy it can be rolled back to.
+        editor.begin()
+        snapshot = None if all(registry.journaled(ctx.tweak) for _, ctx in plans if ctx is not None) \
+            else copy.deepcopy(domain.getroot())
+
         editor.changes = []
         notes: list[str] = []
         changed_by: list[str] = []
@@ -180,12 +185,12 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
                     if len(editor.changes) > before and ctx.tweak not in changed_by:
                         changed_by.append(ctx.tweak)
         except ParamError as exc:
-            domain._setroot(snapshot)
+            _roll_back(editor, snapshot)
             result.status, result.reason = SKIPPED, exc.describe()
             warning(f"rule {rule.name}: {exc.describe()}; rule skipped")
             continue
         except Exception as exc:  # a tweak bug must not cost the deploy
-            domain._setroot(snapshot)
+            _roll_back(editor, snapshot)
             result.status, result.reason = ROLLED_BACK, f"{type(exc).__name__}: {exc}"
             warning(f"rule {rule.name}: rolled back: {result.reason}")
             continue
@@ -196,7 +201,7 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
             now = schema.errors(domain) or frozenset()
             new = sorted(now - baseline)
             if new:
-                domain._setroot(snapshot)
+                _roll_back(editor, snapshot)
                 result.status = ROLLED_BACK
                 result.reason = "made the domain XML schema-invalid: " + "; ".join(new[:3])
                 warning(f"rule {rule.name}: rolled back: {result.reason}")
@@ -205,7 +210,17 @@ def _run(rules: Sequence[Rule], facts: Facts, editor: Editor, schema: DomainSche
         result.status = APPLIED
         result.changes = editor.changes
         result.tweaks = changed_by
+    editor.commit()
     return report
+
+
+def _roll_back(editor: Editor, snapshot: etree._Element | None) -> None:
+    """Undo the current rule: through the editor's journal, or back to the copy taken
+    before it (a tweak from outside the catalogue)."""
+    if snapshot is None:
+        editor.rollback()
+    else:
+        editor.tree._setroot(snapshot)
 
 
 def _as_tree(root: etree._Element) -> etree._ElementTree:

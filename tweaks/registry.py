@@ -57,5 +57,11 @@ def get(name: str) -> Tweak:
     return tweak
 
 
+def journaled(name: str) -> bool:
+    """True for a catalogue tweak: it changes the domain only through the ``Editor``, so the
+    editor's journal can undo its rule (a registered tweak gets a copy to roll back to)."""
+    return type(get(name)).__module__.startswith("tweaks.catalog.")
+
+
 def all_tweaks() -> list[Tweak]:
     return [get(name) for name in names()]

@@ -4,12 +4,19 @@ Tweaks change the document only through an ``Editor``: every call that really ch
 something appends a ``Change`` (XPath, before, after) for the report, and a call that
 would set what is already there records nothing, which is what makes rules idempotent.
 New elements get the indentation of their siblings so the result reads like oned's.
+
+Every change to the tree goes through five primitives (attribute, text, tail, insert,
+remove), which keep a journal while one is open (``begin``): ``rollback`` undoes a rule's
+edits in reverse order. The engine used to deep-copy the whole domain before every rule
+in case it had to be rolled back; a 16-disk domain cost 0.1 ms per copy, about 1.5 ms
+per deploy, for rollbacks that almost never happen.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from lxml import etree
 
@@ -26,7 +33,6 @@ DOMAIN_ORDER = (
     "keywrap", "launchSecurity",
 )
 _SNIPPET = 160
-
 
 @record
 class Change:
@@ -64,6 +70,49 @@ class Editor:
         # Indent unit from the document itself: oned writes tabs, libvirt two spaces.
         self.pretty = "\n" in lead and not lead.strip()
         self.unit = lead.rsplit("\n", 1)[-1] or "\t" if self.pretty else ""
+        self._journal: list[Callable[[], object]] | None = None
+
+    # --- the journal -------------------------------------------------------------------
+    def begin(self) -> None:
+        """Start recording how to undo what follows (one rule's edits)."""
+        self._journal = []
+
+    def commit(self) -> None:
+        """Stop recording; what was done stays."""
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo everything since ``begin``, newest first; the journal stays open, empty."""
+        journal = self._journal or []
+        self._journal = None
+        for undo in reversed(journal):
+            undo()
+        self._journal = []
+
+    def _attr(self, el: etree._Element, name: str, value: str | None) -> None:
+        if self._journal is not None:
+            self._journal.append(partial(_set_attribute, el, name, el.get(name)))
+        _set_attribute(el, name, value)
+
+    def _text(self, el: etree._Element, value: str | None) -> None:
+        if self._journal is not None:
+            self._journal.append(partial(setattr, el, "text", el.text))
+        el.text = value
+
+    def _tail(self, el: etree._Element, value: str | None) -> None:
+        if self._journal is not None:
+            self._journal.append(partial(setattr, el, "tail", el.tail))
+        el.tail = value
+
+    def _put(self, parent: etree._Element, index: int, el: etree._Element) -> None:
+        parent.insert(index, el)
+        if self._journal is not None:
+            self._journal.append(partial(parent.remove, el))
+
+    def _take(self, parent: etree._Element, el: etree._Element) -> None:
+        if self._journal is not None:
+            self._journal.append(partial(parent.insert, parent.index(el), el))
+        parent.remove(el)
 
     @property
     def root(self) -> etree._Element:
@@ -79,10 +128,7 @@ class Editor:
         after = None if value is None else str(value)
         if before == after:
             return False
-        if after is None:
-            del el.attrib[name]
-        else:
-            el.set(name, after)
+        self._attr(el, name, after)
         self.changes.append(Change(f"{self.path(el)}/@{name}", before, after))
         return True
 
@@ -97,7 +143,7 @@ class Editor:
         after = str(text)
         if before == after and not len(el):
             return False
-        el.text = after
+        self._text(el, after)
         self.changes.append(Change(f"{self.path(el)}/text()", before, after))
         return True
 
@@ -185,7 +231,7 @@ class Editor:
 
     def _insert(self, parent: etree._Element, index: int, el: etree._Element) -> None:
         if not self.pretty:
-            parent.insert(index, el)
+            self._put(parent, index, el)
             return
         depth = self._depth(parent)
         inner = "\n" + self.unit * (depth + 1)
@@ -193,18 +239,18 @@ class Editor:
         children = list(parent)
         if not children:
             if parent.text is None or not parent.text.strip():
-                parent.text = inner
-            el.tail = outer
-            parent.insert(0, el)
+                self._text(parent, inner)
+            self._tail(el, outer)
+            self._put(parent, 0, el)
         elif index >= len(children):
             last = children[-1]
-            el.tail = last.tail if last.tail is not None and not last.tail.strip() else outer
-            last.tail = inner if last.tail is None or not last.tail.strip() else last.tail
-            parent.append(el)
+            self._tail(el, last.tail if last.tail is not None and not last.tail.strip() else outer)
+            self._tail(last, inner if last.tail is None or not last.tail.strip() else last.tail)
+            self._put(parent, len(children), el)
         else:
-            el.tail = inner
-            parent.insert(index, el)
-        _indent_subtree(el, depth + 1, self.unit)
+            self._tail(el, inner)
+            self._put(parent, index, el)
+        self._indent_subtree(el, depth + 1)
 
     def _detach(self, el: etree._Element) -> None:
         parent = el.getparent()
@@ -216,16 +262,32 @@ class Editor:
         if is_last:
             if prev is not None:
                 if prev.tail is None or not prev.tail.strip():
-                    prev.tail = tail
+                    self._tail(prev, tail)
             elif parent.text is None or not parent.text.strip():
-                parent.text = None
+                self._text(parent, None)
         elif tail and tail.strip():
             if prev is not None:
-                prev.tail = (prev.tail or "") + tail
+                self._tail(prev, (prev.tail or "") + tail)
             else:
-                parent.text = (parent.text or "") + tail
-        el.tail = None
-        parent.remove(el)
+                self._text(parent, (parent.text or "") + tail)
+        self._tail(el, None)
+        self._take(parent, el)
+
+    def _indent_subtree(self, el: etree._Element, depth: int) -> None:
+        children = list(el)
+        if not children:
+            return
+        unit = self.unit
+        inner = "\n" + unit * (depth + 1)
+        if el.text is None or not el.text.strip():
+            self._text(el, inner)
+        for child in children:
+            if child.tail is None or not child.tail.strip():
+                self._tail(child, inner)
+            self._indent_subtree(child, depth + 1)
+        last = children[-1]
+        if not (last.tail or "").strip():
+            self._tail(last, "\n" + unit * depth)
 
 
 def _position(parent: etree._Element, tag: str, after: tuple[str, ...], order: tuple[str, ...]) -> int:
@@ -248,17 +310,9 @@ def _position(parent: etree._Element, tag: str, after: tuple[str, ...], order: t
     return len(children)
 
 
-def _indent_subtree(el: etree._Element, depth: int, unit: str) -> None:
-    children = list(el)
-    if not children:
-        return
-    inner = "\n" + unit * (depth + 1)
-    if el.text is None or not el.text.strip():
-        el.text = inner
-    for child in children:
-        if child.tail is None or not child.tail.strip():
-            child.tail = inner
-        _indent_subtree(child, depth + 1, unit)
-    last = children[-1]
-    if not (last.tail or "").strip():
-        last.tail = "\n" + unit * depth
+def _set_attribute(el: etree._Element, name: str, value: str | None) -> None:
+    if value is None:
+        if name in el.attrib:
+            del el.attrib[name]
+    else:
+        el.set(name, value)
