@@ -89,3 +89,33 @@ def test_reader_without_provenance_and_without_libvirt() -> None:
     code = ("import sys, tweaks.provenance; "
             "assert not [m for m in sys.modules if m.startswith(('libvirt', 'yaml', 'jsonschema'))]")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_hotplug_entries_are_replaced_on_replug_and_dropped_on_unplug() -> None:
+    from tweaks.report import Report
+
+    root = etree.fromstring(deployment())
+    meta = root.find("metadata")
+    assert meta is not None
+
+    def install(stamp: etree._Element) -> None:
+        """What libvirt's setMetadata does with the element: replace the namespace's one."""
+        old = provenance.find(root)
+        if old is not None:
+            meta.remove(old)
+        meta.append(stamp)
+
+    def targets() -> list[tuple[str, str]]:
+        found = provenance.read(root)
+        return [] if found is None else [(p.device, p.target) for p in found.hotplugs]
+
+    for device, target in (("disk", "vdb"), ("interface", "02:00:00:00:00:01"), ("disk", "vdb")):
+        entry = provenance.hotplug(Report(vm="42"), [], device=device, target=target, action="attach")
+        install(provenance.with_hotplug(root, entry))
+    assert targets() == [("interface", "02:00:00:00:00:01"), ("disk", "vdb")], "a re-plug replaces its entry"
+    assert provenance.without_hotplug(root, "disk", "sdz") is None, "nothing to drop"
+    fresh = provenance.without_hotplug(root, "disk", "vdb")
+    assert fresh is not None
+    assert targets() == [("interface", "02:00:00:00:00:01"), ("disk", "vdb")], "the domain is left as it is"
+    install(fresh)
+    assert targets() == [("interface", "02:00:00:00:00:01")]

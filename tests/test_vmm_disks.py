@@ -25,6 +25,8 @@ from livevm import dumpxml, kvm_available, libvirtd, qmp, virsh
 from lxml import etree
 from storage_env import SYSTEM_DS, Cloud, cloud, sshd
 
+from tweaks import provenance
+
 FIXTURES = (cloud, sshd, libvirtd)
 KVM = drivers.KVM
 MiB = 2**20
@@ -146,6 +148,12 @@ def files(name: str) -> list[str]:
     return sorted(b["inserted"]["file"] for b in qmp(name, "query-block") if b.get("inserted"))
 
 
+def plugs(name: str) -> list[tuple[str, str]]:
+    """(device, target) of each hot-plug entry in the running domain's provenance."""
+    stamp = provenance.read(dumpxml(name))
+    return [] if stamp is None else [(p.device, p.target) for p in stamp.hotplugs]
+
+
 def one_line(proc: subprocess.CompletedProcess[bytes]) -> str:
     lines = proc.stderr.decode().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, lines)
@@ -178,10 +186,18 @@ def test_attach_a_cloned_disk_live_as_block_and_detach_it(cloud: Cloud, domains:
     again = attach(cloud, vm_id, uuid, 1, "sda")
     assert again.returncode == 0, again.stderr.decode()
     assert files(name).count(disk1) == 1
+    # the hot-plug is in the running domain's provenance, once, however often it was tried
+    assert plugs(name) == [("disk", "sda")]
 
     gone = detach(cloud, vm_id, uuid, 1, "sda")
     assert gone.returncode == 0, gone.stderr.decode()
     assert disk1 not in files(name)
+    assert plugs(name) == [], "the unplugged disk's provenance entry went with it"
+    # plugged in again: one entry again
+    assert attach(cloud, vm_id, uuid, 1, "sda").returncode == 0
+    assert plugs(name) == [("disk", "sda")]
+    gone = detach(cloud, vm_id, uuid, 1, "sda")
+    assert gone.returncode == 0, gone.stderr.decode()
     assert all(d.find("target").get("dev") != "sda" for d in dumpxml(name).iterfind("devices/disk"))
     assert detach(cloud, vm_id, uuid, 1, "sda").returncode == 0, "a re-run finds it detached"
     assert cloud.libvirt_tunnels(), "libvirt-python reached node1's libvirtd through ssh"

@@ -187,8 +187,26 @@ def with_hotplug(root: etree._Element, entry: etree._Element) -> etree._Element:
     current = find(root)
     if current is not None:
         fresh = copy.deepcopy(current)
+        _drop_hotplugs(fresh, entry.get("device", ""), entry.get("target", ""))  # a re-plug replaces its entry
     else:
         fresh = etree.Element(_ROOT, nsmap={PREFIX: NAMESPACE})
         fresh.set("version", __version__)
     fresh.append(copy.deepcopy(entry))
     return fresh
+
+
+def without_hotplug(root: etree._Element, device: str, target: str) -> etree._Element | None:
+    """A new provenance element for ``root`` without the hot-plug entries of ``device``
+    ``target`` (it was unplugged); None when its stamp has none."""
+    current = find(root)
+    if current is None:
+        return None
+    fresh = copy.deepcopy(current)
+    return fresh if _drop_hotplugs(fresh, device, target) else None
+
+
+def _drop_hotplugs(stamp: etree._Element, device: str, target: str) -> int:
+    gone = [p for p in stamp.iterfind(_HOTPLUG) if p.get("device") == device and p.get("target") == target]
+    for plug in gone:
+        stamp.remove(plug)
+    return len(gone)

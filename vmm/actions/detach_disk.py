@@ -24,7 +24,7 @@ from lxml import etree
 from onelib import log
 from onelib.config import Config
 from onelib.errors import DriverError
-from onelib.hypervisor import Hypervisor
+from onelib.hypervisor import Domain, Hypervisor
 
 from .. import domain_ops as ops
 from ..entry import VmmRequest
@@ -72,7 +72,21 @@ def run(req: VmmRequest) -> str:
                               f"the disk is still attached")
         time.sleep(0.5)
     log.info(f"VM {vm_id}: {name} ({path}) detached")
+    _unstamp(dom, vm_id, name)
     return ""
+
+
+def _unstamp(dom: Domain, vm_id: int, name: str) -> None:
+    """Drop the disk's hot-plug entry from the running domain's provenance: the stamp
+    describes the devices the domain has."""
+    from tweaks import provenance
+
+    try:
+        element = provenance.without_hotplug(dom.xml(), "disk", name)
+        if element is not None:
+            dom.set_metadata(element, key=provenance.PREFIX, namespace=provenance.NAMESPACE)
+    except DriverError as exc:
+        log.vm_log(vm_id, f"detach_disk: disk detached, its provenance entry kept: {exc}", severity="ERROR")
 
 
 def _ejected(drive: etree._Element) -> bytes:
