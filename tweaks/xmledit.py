@@ -51,13 +51,15 @@ def _show(value: str | None) -> str:
     return "(none)" if value is None else repr(value)
 
 
-_NS_DECL = re.compile(r' xmlns(?::[A-Za-z0-9_.-]+)?="[^"]*"')
+# compiled on first use: most snippets (disks, drivers) carry no namespace declaration
+_NS_DECL = r' xmlns(?::[A-Za-z0-9_.-]+)?="[^"]*"'
 
 
 def snippet(el: etree._Element) -> str:
-    text = etree.tostring(el, encoding="unicode", with_tail=False)
+    text = " ".join(etree.tostring(el, encoding="unicode", with_tail=False).split())
     # lxml repeats in-scope namespace declarations on a serialized subtree; they are noise here.
-    text = _NS_DECL.sub("", " ".join(text.split()))
+    if " xmlns" in text:
+        text = re.sub(_NS_DECL, "", text)
     return text if len(text) <= _SNIPPET else text[: _SNIPPET - 3] + "..."
 
 
