@@ -284,19 +284,6 @@ def test_no_code_outside_the_backends_names_one() -> None:
     assert found == []
 
 
-def test_declarations_after_the_first_method_are_refused_not_misread(toy: Path) -> None:
-    """The registry reads a backend module only up to its class's first method: a disk_form
-    declared later would be read as "block"; finding the backend says so instead."""
-    late = TOY.replace('    disk_form = "network"\n', "").replace(
-        "    @classmethod\n    def facts(", '    @classmethod\n    def early(cls): ...\n\n'
-        '    disk_form = "network"\n\n    @classmethod\n    def facts(', 1)
-    assert late.count('disk_form = "network"') == 1 and late.index("def early") < late.index("disk_form")
-    (toy / "toy.py").write_text(late)
-    assert registry.disk_forms()["toy"] == "block"
-    with pytest.raises(Exception, match="disk_form is 'network', but the registry read 'block'"):
-        registry.backend_class("toy")
-
-
 def test_every_shipped_backend_is_read_as_its_class_says() -> None:
     for driver, (module, form) in registry.index().items():
         cls = registry.backend_class(driver)

@@ -5,10 +5,8 @@ drivers.
 
 Every driver action looks its backend up, and the VMM overrides ask for drivers that are not
 ours (``ssh``, ``ceph``, ...), so a lookup imports nothing it does not need: the modules'
-source text is scanned for their ``driver = "..."`` (and ``disk_form = "..."``) lines, which
-must come before the class's first method (the scan reads each module's end for
-``BACKEND = `` and its head up to that method: a few KiB), and only the module that
-declares the driver is imported (a
+source text is scanned for their ``driver = "..."`` (and ``disk_form = "..."``) line (one listdir and a read per module,
+well under a millisecond), and only the module that declares the driver is imported (a
 backend's client library, python-linstor say, costs hundreds of milliseconds to import). The
 installer reads the same declarations as text (``onelib.install.declared``), so the name must
 be a literal there; ``all_backends`` (doctor) imports every backend.
@@ -25,8 +23,6 @@ if TYPE_CHECKING:  # imported by ``find`` only: the facts for the rules need the
 
 
 # The names a class body declares as literals (``driver = "..."``, ``disk_form = "..."``).
-_CHUNK = 8192  # the declarations sit near the top of the class: a few KiB in
-_TAIL = 1024  # ``BACKEND = <class>`` ends the module
 _VALUE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _index: dict[str, tuple[str, str]] | None = None
 
@@ -51,12 +47,12 @@ def modules() -> list[str]:
     return sorted(_files())
 
 
-def _declarations(text: bytes, key: bytes) -> list[tuple[int, str]]:
-    """(line start, value) of the indented lines ``<key> = "<value>"`` (annotated or not)
-    of a module's source, in order. A plain substring search and a look at each hit's line:
+def _declared(text: bytes, key: bytes) -> list[str]:
+    """The values of the indented lines ``<key> = "<value>"`` (annotated or not) of a
+    module's source, in order. A plain substring search and a look at each hit's line:
     a regular expression over every line of the backend modules cost every `one-tweaks
     apply` about a millisecond (its compile included), this a tenth of that."""
-    out: list[tuple[int, str]] = []
+    out = []
     pos = 0
     while (hit := text.find(key, pos)) >= 0:
         pos = hit + len(key)
@@ -76,57 +72,8 @@ def _declarations(text: bytes, key: bytes) -> list[tuple[int, str]]:
         while size + 1 < len(rest) and rest[size + 1] in _VALUE_CHARS:
             size += 1
         if size and rest[size + 1:size + 2] in (b'"', b"'"):
-            out.append((line, rest[1:size + 1].decode()))
+            out.append(rest[1:size + 1].decode())
     return out
-
-
-def _source_head(path: str) -> bytes | None:
-    """The part of a backend module's source that holds its declarations: up to the first
-    method of the class that declares ``driver`` (where the declarations must be; ``find``
-    checks that they were all seen). None for a module without ``BACKEND = `` near its end
-    (a helper module). Reading and scanning whole modules cost every driver action and
-    deploy about a millisecond; the heads are a tenth of the text."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(0, size - _TAIL))
-        if b"\nBACKEND = " not in fh.read():
-            fh.seek(0)
-            if b"\nBACKEND = " not in fh.read():
-                return None
-        fh.seek(0)
-        head = b""
-        while chunk := fh.read(_CHUNK):
-            head += chunk
-            end = _declarations_end(head)
-            if end is not None:
-                return head[:end]
-    return head
-
-
-def _declarations_end(head: bytes) -> int | None:
-    """Where the class body that declares ``driver`` reaches its first ``def`` or decorator
-    (None: not in ``head`` yet)."""
-    first = _declared_at(head, b"driver")
-    if first is None:
-        return None
-    pos = first
-    while True:
-        hit = min((i for i in (head.find(b"def ", pos), head.find(b"@", pos)) if i >= 0), default=-1)
-        if hit < 0:
-            return None
-        line = head.rfind(b"\n", 0, hit) + 1
-        if hit > line and not head[line:hit].strip(b" \t") and head.find(b"\n", hit) >= 0:
-            return line
-        pos = hit + 1
-
-
-def _declared_at(text: bytes, key: bytes) -> int | None:
-    found = _declarations(text, key)
-    return found[0][0] if found else None
-
-
-def _declared(text: bytes, key: bytes) -> list[str]:
-    return [value for _, value in _declarations(text, key)]
 
 
 def index() -> dict[str, tuple[str, str]]:
@@ -137,10 +84,11 @@ def index() -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
         for module, path in sorted(_files().items()):
             try:
-                text = _source_head(path)
+                with open(path, "rb") as fh:
+                    text = fh.read()
             except OSError:
                 continue
-            if text is None:
+            if b"\nBACKEND = " not in text:
                 continue
             forms = _declared(text, b"disk_form")
             for driver in _declared(text, b"driver"):
@@ -163,10 +111,6 @@ def find(driver: str) -> type[Backend] | None:
     if not (isinstance(cls, type) and issubclass(cls, Backend)) or cls.driver != driver:
         raise DriverError(f"datastore/backends/{module}.py declares the driver {driver!r}, but its BACKEND "
                           "is not that driver's Backend class")
-    if cls.disk_form != declared[1]:
-        raise DriverError(f"datastore/backends/{module}.py: {cls.__name__}.disk_form is {cls.disk_form!r}, but "
-                          f"the registry read {declared[1]!r}: declare driver and disk_form as literals "
-                          "before the class's first method")
     return cls
 
 
