@@ -18,7 +18,7 @@ from storage_env import Cloud, cloud, sshd
 from test_lifecycle_provenance import DRIVER_RULE, _vm
 
 FIXTURES = (cloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 # VM ids (so domain names) of this session: concurrent pytest sessions share one libvirtd
 BASE_ID = 300000 + os.getpid() % 100000 * 4

@@ -41,7 +41,7 @@ from sim import oned as oned_sim
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd, guest_image)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 DEPLOY = drivers.KVM / "deploy-tweaks"
 RESIZE_DISK = drivers.KVM / "resize_disk-tweaks"

@@ -40,7 +40,7 @@ from tweaks import provenance
 # VM ids (so domain names) of this session: concurrent pytest sessions share one libvirtd
 BASE_ID = 100000 + os.getpid() % 100000 * 8
 FIXTURES = (cloud, lcloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 USER = {"T_IOTHREADS_OVERRIDE": "2", "T_BLK_QUEUES": "yes", "T_DISKSERIAL": "yes", "T_IOEVENTFD": "yes"}
 DISK_DRIVER = """name: disk-driver

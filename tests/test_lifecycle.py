@@ -23,7 +23,7 @@ from sim.frontend import Frontend
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 VM_ID = 7351
 IMAGE, DATABLOCK = 80, 81

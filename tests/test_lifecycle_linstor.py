@@ -42,7 +42,7 @@ from storage_env import sshd
 from test_live_firmware_cpu import boot_count, boot_entries
 
 FIXTURES = (lcloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 VM_ID = 7371                      # domain one-7371: no other test uses it
 IMAGE, DATABLOCK = 82, 83

@@ -50,7 +50,7 @@ from storage_env import sshd
 from test_vmm_migrate import ONE_NS, SecondHost, migrations, second_host
 
 FIXTURES = (lcloud, sshd, libvirtd, second_host)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 VM_ID = 7385                       # domain one-7385: no other test uses it
 IMAGE, DATABLOCK = 84, 85

@@ -62,7 +62,7 @@ from test_live_firmware_cpu import boot_count, boot_entries
 from test_vmm_migrate import ONE_NS, SecondHost, hosts, migrations, second_host
 
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts, guest_image)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 MIGRATE_VM, UEFI_VM, GUEST_VM = 7361, 7362, 7363
 MiB = 2**20

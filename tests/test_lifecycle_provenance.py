@@ -23,7 +23,7 @@ from tweaks import __version__, provenance
 # VM ids (so domain names) of this session: concurrent pytest sessions share one libvirtd
 BASE_ID = 100000 + os.getpid() % 100000 * 8
 FIXTURES = (cloud, sshd, libvirtd, second_host, hosts)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 USER = {"T_IOTHREADS_OVERRIDE": "1", "T_DISKSERIAL": "yes"}
 DRIVER_RULE = """name: disk-driver

@@ -72,7 +72,7 @@ from storage_env import sshd
 from test_vmm_migrate import SecondHost, second_host
 
 FIXTURES = (ceph, rbd_cloud, sshd, libvirtd, second_host, guest_image)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 VM_ID = 7431                       # domain one-7431 (test_lifecycle_installed uses one-7391)
 IMAGE, DATABLOCK = 60, 61

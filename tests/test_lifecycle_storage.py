@@ -47,7 +47,7 @@ from sim.frontend import Frontend, Refused
 from storage_env import FRONTEND, IMAGE_DS, SYSTEM_DS, Cloud, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 VM_IDS = {"6.10": 7381, "7.2": 7382}  # one-7381, one-7382: ids no other test uses
 QCOW2, VMDK, SAVED_NOW, SAVED_SNAP = 80, 82, 90, 91

@@ -51,7 +51,7 @@ from test_vmm_migrate import (
 )
 
 FIXTURES = (cloud, lcloud, sshd, libvirtd, second_host, hosts)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 # node1 has this directory (the real /var/lib/libvirt), node2 does not (its own, empty one)
 NODE1_ONLY = Path("/var/lib/libvirt") / f"one-tweaks-preflight-{os.getpid()}"

@@ -32,7 +32,7 @@ from lxml import etree
 from storage_env import FRONTEND, REPO, SYSTEM_DS, Cloud, MiB, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 KVM = drivers.KVM
 MAGIC = b"LibvirtQemudSave"

@@ -44,7 +44,7 @@ from lxml import etree
 from storage_env import REPO, SSHD, SYSTEM_DS, Cloud, Sshd, cloud, sshd
 
 FIXTURES = (cloud, sshd, libvirtd)
-pytestmark = pytest.mark.libvirtd
+pytestmark = [pytest.mark.libvirtd, pytest.mark.usefixtures("libvirtd")]
 
 MIGRATE = drivers.KVM / "migrate-tweaks"
 ONE_NS = "http://opennebula.org/xmlns/libvirt/1.0"
