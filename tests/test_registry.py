@@ -10,6 +10,8 @@ mentions it.
 
 from __future__ import annotations
 
+import marshal
+import os
 import subprocess
 import sys
 import textwrap
@@ -253,6 +255,41 @@ def test_one_tweaks_apply_asks_the_storage_side(tmp_path: Path) -> None:
                            str(tmp_path / "vm.xml")], capture_output=True, text=True, check=True)
     root = etree.fromstring(proc.stdout.encode())
     assert [d.get("type") for d in root.iterfind("devices/disk")] == ["block", "block"]
+
+
+def test_the_rule_cache_remembers_the_supplier_until_a_distribution_changes(tmp_path: Path) -> None:
+    """The rule cache keeps the ``one_tweaks.facts`` target it found (no scan of the installed
+    distributions per deploy) for as long as the directories they live in are unchanged."""
+    plugins_dir, cache, cwd = tmp_path / "plugins", tmp_path / "cache", tmp_path / "cwd"
+    plugins_dir.mkdir()
+    cwd.mkdir()  # sys.path[0] of ``python -m``: a directory nothing else writes to
+    (tmp_path / "d.xml").write_text(DOMAIN)
+    (tmp_path / "vm.xml").write_text(VM.format(tm="storpool"))
+    env = dict(os.environ, ONE_TWEAKS_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join([str(plugins_dir), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+    def disk_types() -> list[str | None]:
+        proc = subprocess.run([sys.executable, "-m", "tweaks", "apply", str(tmp_path / "d.xml"), "--vm",
+                               str(tmp_path / "vm.xml")], capture_output=True, text=True, check=True, env=env,
+                              cwd=cwd)
+        return [d.get("type") for d in etree.fromstring(proc.stdout.encode()).iterfind("devices/disk")]
+
+    assert disk_types() == ["block", "block"]
+    assert marshal.loads((cache / "rules.cache").read_bytes())["entry_points"] == {
+        "one_tweaks.facts": "datastore.facts:supplier"}
+    # a distribution that supplies other facts, found first on sys.path
+    before = plugins_dir.stat()
+    (plugins_dir / "other_facts.py").write_text(
+        "def supplier(vm, domain):\n    return {'storage.block_tm_mads': 'none_of_these'}, {}\n")
+    (plugins_dir / "other_facts-1.0.dist-info").mkdir()
+    (plugins_dir / "other_facts-1.0.dist-info" / "entry_points.txt").write_text(
+        "[one_tweaks.facts]\nother = other_facts:supplier\n")
+    os.utime(plugins_dir, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert disk_types() == ["block", "block"], "the directory looks unchanged: the remembered supplier"
+    os.utime(plugins_dir)  # as installing really leaves it
+    assert disk_types() == ["file", "file"], "a new distribution: the cache is rebuilt, the scan finds it"
+    assert marshal.loads((cache / "rules.cache").read_bytes())["entry_points"] == {
+        "one_tweaks.facts": "other_facts:supplier"}
 
 
 # --- no backend named outside its module -------------------------------------------------------

@@ -18,14 +18,14 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, plugins
 from .errors import InputError
 from .record import field, record
 from .rules import Rule
 
 DEFAULT_ETC_DIR = "/etc/one/tweaks.d"
 RULE_SUFFIXES = (".yaml", ".yml")
-_CACHE_FORMAT = 4  # 3: rules carry their moments (on:); 4: key from the files' own hashes
+_CACHE_FORMAT = 5  # 3: rules carry their moments (on:); 4: key from the files' own hashes; 5: entry points remembered
 
 try:  # the builtin sha256 avoids loading OpenSSL through hashlib on the hot path
     from _sha256 import sha256  # type: ignore[import-not-found]
@@ -126,6 +126,12 @@ def _cache_key(hashes: list[tuple[str, str]]) -> str:
     """From each rule file's path and SHA-256 (those provenance records anyway: the files
     are hashed once per apply, not twice) and this package's code."""
     digest = sha256(_code_fingerprint())
+    for base in plugins.search_dirs():  # a distribution installed or removed: entry points change
+        try:
+            stamp = os.stat(base or ".").st_mtime_ns
+        except OSError:
+            stamp = 0
+        digest.update(f"\0{base}\0{stamp}".encode("utf-8", "surrogateescape"))
     for path, file_sha in hashes:
         digest.update(b"\0" + path.encode("utf-8", "surrogateescape") + b"\0" + file_sha.encode())
     return str(digest.hexdigest())
@@ -140,10 +146,14 @@ def _cache_read(path: str, key: str) -> list[dict[str, Any]] | None:
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if (not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT
-            or data.get("key") != key or not isinstance(data.get("rules"), list)):
+            or data.get("key") != key or not isinstance(data.get("rules"), list)
+            or not isinstance(data.get("entry_points"), dict)):
         return None
-    rules = data["rules"]
-    return rules if all(isinstance(r, dict) for r in rules) else None
+    rules: list[dict[str, Any]] = data["rules"]
+    if not all(isinstance(r, dict) for r in rules):
+        return None
+    plugins.remember({str(k): str(v) for k, v in data["entry_points"].items()})
+    return rules
 
 
 def _cache_write(path: str, key: str, rules: list[dict[str, Any]]) -> str:
@@ -155,7 +165,8 @@ def _cache_write(path: str, key: str, rules: list[dict[str, Any]]) -> str:
         fd, tmp = tempfile.mkstemp(prefix=".rules.", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
-                marshal.dump({"format": _CACHE_FORMAT, "key": key, "rules": rules}, fh)
+                marshal.dump({"format": _CACHE_FORMAT, "key": key, "rules": rules,
+                              "entry_points": {plugins.FACTS_GROUP: plugins.first_target(plugins.FACTS_GROUP)}}, fh)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
