@@ -14,7 +14,10 @@ Then, in-process, the engine's time per disk for 16, 64 and 256 disks (goal: fla
 ``--against REV`` also installs git revision REV (e.g. the commit before a change) from a
 wheel in its own fresh venv and times its `one-tweaks apply` (with its own shipped rules) on
 the same VM, interleaved with today's wheel in the same rounds: the ratio today / REV says
-whether the deploy path got slower, free of the machine's load of the moment.
+whether the deploy path got slower, free of the machine's load of the moment. With valgrind
+installed it also counts the user-space instructions of one run of each (callgrind): a
+figure no other load on the machine changes, where the times of two processes on a shared
+machine differ by several per cent from run to run.
 
     .venv/bin/python bench/bench_apply.py [--runs N] [--dev] [--against REV]
 """
@@ -144,12 +147,28 @@ def timed_rounds(cmds: dict[str, tuple[list[str], dict[str, str]]], runs: int) -
     return out
 
 
-def against(rev: str, tmp: Path, runs: int) -> dict[str, dict[str, list[float]]]:
-    """Wall and CPU times of today's wheel's apply and of revision ``rev``'s, interleaved."""
+def instructions(cmd: list[str], env: dict[str, str], tmp: Path) -> int | None:
+    """User-space instructions one run executes, counted by valgrind (callgrind): the same
+    on every run, whatever else the machine is doing (None without valgrind)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    out = tmp / "callgrind.out"
+    proc = subprocess.run([valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    found = [line.rsplit(":", 1)[1] for line in proc.stderr.splitlines() if "Collected :" in line]
+    return int(found[0].strip()) if proc.returncode == 0 and found else None
+
+
+def against(rev: str, tmp: Path, runs: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, int | None]]:
+    """Wall and CPU times of today's wheel's apply and of revision ``rev``'s, interleaved,
+    and the instructions of one run of each."""
     now_cmd, env = apply_command(str(installed_venv(tmp / "now")), tmp / "now-run")
     then_cmd, then_env = apply_command(str(installed_venv(tmp / "then", revision_tree(rev, tmp / "then"))),
                                        tmp / "then-run")
-    return timed_rounds({"now": (now_cmd, env), "then": (then_cmd, then_env)}, runs)
+    counted = {"now": instructions(now_cmd, env, tmp / "now-run"),
+               "then": instructions(then_cmd, then_env, tmp / "then-run")}
+    return timed_rounds({"now": (now_cmd, env), "then": (then_cmd, then_env)}, runs), counted
 
 
 def main() -> int:
@@ -173,9 +192,14 @@ def main() -> int:
         print(f"ratio apply / import lxml: {total / lxml_floor:.2f}")
     if args.against:
         with tempfile.TemporaryDirectory() as tmp:
-            times = against(args.against, Path(tmp), args.runs)
+            times, counted = against(args.against, Path(tmp), args.runs)
         rev = args.against
         print(f"-- against {rev} (wheels, interleaved, {args.runs} rounds)")
+        if counted["now"] is not None and counted["then"] is not None:
+            print(f"one-tweaks apply, 16 disks, instructions (valgrind): today {counted['now']:,}, {rev} "
+                  f"{counted['then']:,} (ratio {counted['now'] / counted['then']:.3f})")
+        else:
+            print("instructions: not counted (no valgrind)")
         for kind in ("wall", "cpu"):
             now, then = times["now"][kind], times["then"][kind]
             med_now, med_then = statistics.median(now) * 1000, statistics.median(then) * 1000
