@@ -32,7 +32,13 @@ def _entries(group: str) -> Iterator[tuple[str, str]]:
     """(name, "module:attr") of every entry point of ``group``, first distribution on
     sys.path first (lazily: the caller stops at the first it can use)."""
     seen: set[str] = set()
-    for base in search_dirs():
+
+    # distributions are never installed in the standard library's own directories, the
+    # largest on sys.path: listing them cost apply about a millisecond
+    stdlib = os.path.dirname(os.__file__)
+    for base in sys.path:
+        if base.endswith(".zip") or base in (stdlib, os.path.join(stdlib, "lib-dynload")):
+            continue
         try:
             names = os.listdir(base or ".")
         except OSError:
@@ -68,8 +74,7 @@ _remembered: dict[str, str] = {}
 
 
 def search_dirs() -> list[str]:
-    """The sys.path directories distributions can be installed in: not the standard
-    library's own, the largest on sys.path (listing them cost apply about a millisecond)."""
+    """The sys.path directories distributions can be installed in (what ``_entries`` lists)."""
     stdlib = os.path.dirname(os.__file__)
     return [base for base in sys.path
             if not base.endswith(".zip") and base not in (stdlib, os.path.join(stdlib, "lib-dynload"))]
